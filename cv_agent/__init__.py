@@ -1,0 +1,1 @@
+"""The sample CV service agent, built on node's requester side."""
