@@ -16,6 +16,7 @@ import trio
 
 from node.api import API_FILE, MAX_BODY, STATUS_OF, serve_api
 from node.apiclient import ApiClient
+from protocol.cid import CID
 from protocol.errors import ErrorCode, ProtocolError
 
 
@@ -80,7 +81,8 @@ class FakeNode:
 
     async def audit(self, since, limit):
         self.calls.append(("audit", since, limit))
-        return [{"seq": 1, "kind": "invocation.accepted", "fields": {"invocation": b"\x00\xffsig"}}]
+        fields = {"invocation": b"\x00\xffsig", "proof": CID.of_dagcbor(b"\xa0")}
+        return [{"seq": 1, "kind": "invocation.accepted", "fields": fields}]
 
     async def audit_verify(self):
         return {"ok": True, "count": 1, "first_bad_seq": None, "reason": ""}
@@ -186,6 +188,7 @@ async def test_consent_audit_network_and_remote_through_the_client(client, node)
     entries = await in_thread(client.audit, 5, 10)
     # raw invocation bytes come back in their DAG-JSON form
     assert entries[0]["fields"]["invocation"] == {"/": {"bytes": "AP9zaWc"}}
+    assert entries[0]["fields"]["proof"] == {"/": str(CID.of_dagcbor(b"\xa0"))}
     assert (await in_thread(client.audit_verify))["ok"] is True
     assert (await in_thread(client.peers))[0]["peer_id"] == "12D3KooWpeer"
     assert (await in_thread(client.share))["link"].startswith("mydata://")

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from node.audit import AuditLog
 from node.crypto import IntegrityError, random_key
+from protocol.errors import ErrorCode, ProtocolError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,8 +86,10 @@ def test_bad_arguments(db, key):
     for kind, fields, at in [("", {}, 1), ("k", [], 1), ("k", {}, -1), ("k", {}, "1"), (3, {}, 1)]:
         with pytest.raises(ValueError):
             log.append(kind, fields, at=at)
-    with pytest.raises(Exception):
-        log.append("k", {"x": object()}, at=1)  # not DAG-CBOR-able
+    for bad in [{"x": object()}, {"x": float("nan")}, {1: "non-text key"}]:
+        with pytest.raises(ProtocolError) as e:
+            log.append("k", bad, at=1)  # not DAG-CBOR-able
+        assert e.value.code is ErrorCode.MALFORMED
     assert log.verify().ok and log.verify().count == 0
     log.close()
 
