@@ -8,6 +8,7 @@ signature, which `verify_signature` does, so a validator can cache that costly s
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Union
@@ -20,7 +21,7 @@ from consent.policy import Policy, parse_policy
 from protocol import dagcbor
 from protocol.cid import CID
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.ids import did_from_public_key, is_did, public_key_from_did
+from protocol.ids import did_from_public_key, public_key_from_did
 
 __all__ = [
     "Delegation", "Invocation", "Token", "VARSIG_ED25519", "DLG_TAG", "INV_TAG", "open_envelope",
@@ -93,10 +94,25 @@ def seal_envelope(signing_key: nacl.signing.SigningKey, tag: str, payload: dict)
     return dagcbor.encode([signature, sig_payload])
 
 
+@functools.lru_cache(maxsize=4096)
+def _verify_key(did: str) -> nacl.signing.VerifyKey:
+    # Decoding a did:key (base58) costs about as much as the signature check; peers repeat, so remember them.
+    # Failures raise and are therefore never cached.
+    return nacl.signing.VerifyKey(public_key_from_did(did))
+
+
+def _is_did(text: str) -> bool:
+    try:
+        _verify_key(text)
+    except ProtocolError:
+        return False
+    return True
+
+
 def check_signature(iss: str, sig_payload_bytes: bytes, signature: bytes) -> None:
     """Ed25519 check against the issuer's did:key; any failure, whatever its shape, is InvalidSignature."""
     try:
-        nacl.signing.VerifyKey(public_key_from_did(iss)).verify(sig_payload_bytes, signature)
+        _verify_key(iss).verify(sig_payload_bytes, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, nacl.exceptions.TypeError,
             ValueError, TypeError):
         raise ProtocolError(ErrorCode.INVALID_SIGNATURE, "the signature does not verify against the issuer") from None
@@ -118,21 +134,15 @@ class FieldReader:
             return _ABSENT
         return self.p[name]
 
-    def did(self, name: str, *, required: bool = True, nullable: bool = False, signer: bool = False) -> Any:
+    def did(self, name: str, *, required: bool = True, nullable: bool = False) -> Any:
         v = self._get(name, required)
         if v is _ABSENT or (v is None and nullable):
             return None
         if not isinstance(v, str):
             raise _malformed(f"{self.kind} field {name!r} must be a DID text")
-        if signer:
-            try:
-                public_key_from_did(v)
-            except ProtocolError:
-                raise _invalid(f"{self.kind} issuer {v!r} is not an Ed25519 did:key") from None
-            except ValueError:
-                raise _invalid(f"{self.kind} issuer {v!r} is not an Ed25519 did:key") from None
-        elif not is_did(v):
-            raise _invalid(f"{self.kind} field {name!r} is not a DID: {v!r}")
+        if not _is_did(v):
+            # Every principal here is an Ed25519 did:key; a signer must be, to be verifiable at all.
+            raise _invalid(f"{self.kind} field {name!r} is not an Ed25519 did:key: {v!r}")
         return v
 
     def text(self, name: str) -> str:
@@ -257,7 +267,7 @@ def _read_delegation(o: Opened) -> Delegation:
     d = Delegation(
         raw=o.raw, cid=CID.of_dagcbor(o.raw), tag=o.tag, signature=o.signature,
         sig_payload_bytes=o.sig_payload_bytes,
-        iss=f.did("iss", signer=True), aud=f.did("aud"), sub=f.did("sub", nullable=True), cmd=f.command(),
+        iss=f.did("iss"), aud=f.did("aud"), sub=f.did("sub", nullable=True), cmd=f.command(),
         pol=pol, policy=parse_policy(pol), nonce=f.nonce(),
         exp=f.time("exp", required=True, nullable=True), nbf=f.time("nbf", required=False, nullable=False),
         meta=f.map("meta", required=False),
@@ -271,7 +281,7 @@ def _read_invocation(o: Opened) -> Invocation:
     i = Invocation(
         raw=o.raw, cid=CID.of_dagcbor(o.raw), tag=o.tag, signature=o.signature,
         sig_payload_bytes=o.sig_payload_bytes,
-        iss=f.did("iss", signer=True), sub=f.did("sub"), cmd=f.command(), args=f.map("args", required=True),
+        iss=f.did("iss"), sub=f.did("sub"), cmd=f.command(), args=f.map("args", required=True),
         prf=f.cids("prf"), nonce=f.nonce(), exp=f.time("exp", required=True, nullable=True),
         aud=f.did("aud", required=False), iat=f.time("iat", required=False, nullable=False),
         meta=f.map("meta", required=False), cause=f.cid("cause"),

@@ -131,7 +131,7 @@ def read_consent_request(raw: bytes) -> ConsentRequest:
     """Decode and check every field of a consent request. Does NOT verify the signature."""
     o = open_envelope(raw, lambda tag: tag == CONSENT_REQUEST_TAG)
     f = FieldReader(o.payload, "consent request")
-    iss, aud = f.did("iss", signer=True), f.did("aud")
+    iss, aud = f.did("iss"), f.did("aud")
     scopes_raw = f.raw("scopes")
     if not isinstance(scopes_raw, list):
         raise _malformed("consent request scopes must be a list")
