@@ -135,7 +135,10 @@ def _encode_into(obj, out, depth: int, max_depth: int) -> None:
 
 def _encode(obj, max_depth: int) -> bytes:
     chunks: list[bytes] = []
-    _encode_into(obj, chunks.append, 0, max_depth)
+    try:
+        _encode_into(obj, chunks.append, 0, max_depth)
+    except RecursionError:  # only reachable when a caller raises max_depth above Python's recursion limit
+        raise _malformed("nesting is too deep to encode") from None
     return b"".join(chunks)
 
 

@@ -333,6 +333,10 @@ def test_deep_nesting_is_an_error_not_a_recursion_error():
         assert "deeper" in e.message
 
 
+def test_a_caller_raised_depth_limit_still_cannot_cause_a_recursion_error():
+    malformed(b"\x81" * 20_000 + b"\x00", max_depth=10**6)
+
+
 def test_depth_limit_counts_containers_and_a_link_is_a_leaf():
     ok = b"\x81" * DEFAULT_MAX_DEPTH + b"\x00"
     assert decode(ok) is not None
