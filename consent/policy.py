@@ -22,7 +22,8 @@ class _Unresolved(Exception):
     """A selector path that does not exist in the data; the enclosing statement is false."""
 
 
-_MISSING = object()
+# Bounds evaluation depth (each `[]` recurses) well below Python's recursion limit.
+MAX_SEGMENTS = 64
 
 
 # ---------------------------------------------------------------- selectors
@@ -111,6 +112,8 @@ def parse_selector(text: Any) -> Selector:
         while i < n and text[i] == "?":  # repeated `?` is one `?`
             optional, i = True, i + 1
         segs.append(_Seg(seg.kind, seg.value, optional))
+        if len(segs) > MAX_SEGMENTS:
+            raise _bad(f"a selector has at most {MAX_SEGMENTS} segments")
     return Selector(text, tuple(segs))
 
 
@@ -178,19 +181,36 @@ def ipld_equal(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _glob(pattern: str) -> re.Pattern:
-    parts, i = [], 0
+def _glob(pattern: str) -> Callable[[str], bool]:
+    """Compile a `like` pattern to a matcher that runs in linear-ish time (no regex backtracking to exploit)."""
+    chunks, i = [""], 0
     while i < len(pattern):
         if pattern.startswith("\\*", i):
-            parts.append(re.escape("*"))
+            chunks[-1] += "*"
             i += 2
         elif pattern[i] == "*":
-            parts.append(".*")
+            chunks.append("")
             i += 1
         else:
-            parts.append(re.escape(pattern[i]))
+            chunks[-1] += pattern[i]
             i += 1
-    return re.compile("".join(parts), re.DOTALL)
+    if len(chunks) == 1:
+        return lambda s: s == chunks[0]
+    head, *middle, tail = chunks
+
+    def match(s: str) -> bool:
+        if len(s) < len(head) + len(tail) or not s.startswith(head) or not s.endswith(tail):
+            return False
+        # With `*` the only wildcard, taking each middle chunk at its leftmost place is never wrong.
+        pos, end = len(head), len(s) - len(tail)
+        for chunk in middle:
+            found = s.find(chunk, pos, end)
+            if found < 0:
+                return False
+            pos = found + len(chunk)
+        return True
+
+    return match
 
 
 # ---------------------------------------------------------------- statements
@@ -259,8 +279,8 @@ def _compile(stmt: Any) -> Test:
     if op == "like":
         if not isinstance(arg, str):
             raise _bad("'like' takes a text pattern")
-        rx = _glob(arg)
-        return _selecting(sel, lambda v: isinstance(v, str) and rx.fullmatch(v) is not None)
+        glob = _glob(arg)
+        return _selecting(sel, lambda v: isinstance(v, str) and glob(v))
     if op in ("all", "any"):
         return _quantifier(sel, _compile(arg), all if op == "all" else any)
     raise _bad(f"unknown policy operator {op!r}")

@@ -171,3 +171,35 @@ def test_equality_is_reflexive_and_not_is_its_negation(v):
 @given(_values, _values)
 def test_equality_is_symmetric(a, b):
     assert ipld_equal(a, b) == ipld_equal(b, a)
+
+
+@pytest.mark.parametrize("pattern,text,ok", [
+    ("", "", True), ("", "a", False), ("*", "", True), ("**", "abc", True), ("a*", "a", True),
+    ("*a", "a", True), ("a*a", "a", False), ("a*a", "aa", True), ("a*b*c", "abc", True), ("a*b*c", "acb", False),
+    ("ab*ba", "aba", False), ("*ab*ab*", "xabyab", True), ("*ab*ab*", "xaby", False), ("\\*", "*", True),
+    ("\\*", "x", False), ("a\\b", "a\\b", True), ("*.com", "x.com", True), ("*.com", "xcom", False),
+])
+def test_glob_table(pattern, text, ok):
+    assert parse_policy([["like", ".", pattern]]).matches(text) is ok
+
+
+def test_like_cannot_be_made_to_backtrack():
+    # A regex translation of this pattern would take exponential time on this text; the matcher is linear-ish.
+    pattern = "*a" * 40 + "*b"
+    assert not parse_policy([["like", ".", pattern]]).matches("a" * 5000)
+
+
+def test_selector_length_is_bounded():
+    parse_selector("." + "[]" * 64)
+    with pytest.raises(ProtocolError) as err:
+        parse_selector("." + "[]" * 65)
+    assert err.value.code is ErrorCode.INVALID_CLAIM
+
+
+@given(st.text(alphabet="ab*", max_size=8), st.text(alphabet="ab*", max_size=10))
+def test_glob_agrees_with_fnmatch(pattern, text):
+    import fnmatch
+    import re
+    # fnmatch's `*` is the same wildcard once its other specials are out of the alphabet.
+    expected = re.fullmatch(fnmatch.translate(pattern), text, re.DOTALL) is not None
+    assert parse_policy([["like", ".", pattern]]).matches(text) is expected
