@@ -20,14 +20,18 @@ Durability: WAL with synchronous=FULL and one transaction per write, so a write 
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.crypto import IntegrityError, derive_key, keyed_hash, seal, unseal
+import cbor2
+
+from node.crypto import IntegrityError, derive_key, seal, unseal
 from protocol import dagcbor
+from protocol.cid import CID
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.paths import validate_path, validate_prefix
 
@@ -83,7 +87,27 @@ def encode_value(value: Any) -> bytes:
 
 
 def decode_value(data: bytes) -> Any:
-    return dagcbor.decode(data, max_size=MAX_VALUE_SIZE)
+    """Decode a value this store encoded and then authenticated on read.
+
+    The strict decoder's canonical re-encode check is skipped: the bytes were produced by `encode_value` and
+    cannot have changed since (the AEAD tag proves it), and the check would double the cost of every read.
+    """
+    try:
+        return cbor2.loads(data, semantic_decoders=_LINK_DECODER)
+    except Exception as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"stored value does not decode: {exc}") from None
+
+
+def _decode_link(value, immutable=False):
+    return CID.from_bytes(value[1:])
+
+
+_LINK_DECODER = {42: _decode_link}
+
+
+def _keyed_hash(key: bytes, data: bytes) -> bytes:
+    # BLAKE2b-256 keyed, the same function as node.crypto.keyed_hash; hashlib's is several times cheaper per call.
+    return hashlib.blake2b(data, key=key, digest_size=32).digest()
 
 
 def _check_space(space: str) -> bytes:
@@ -100,6 +124,7 @@ class Store:
         self._record_key = derive_key(store_key, "store/record")
         self._head_key = derive_key(store_key, "store/head")
         self._acc_key = derive_key(store_key, "store/acc")
+        self._head_seen: tuple[bytes | None, bytes] = (None, _ZERO)
 
     @classmethod
     def open(cls, db_path, store_key: bytes, *, busy_timeout: float = BUSY_TIMEOUT_S) -> "Store":
@@ -161,7 +186,7 @@ class Store:
         data = encode_value(value)
         with self._lock, self._errors(), self._write():
             hkey = self._hkey(sp, path)
-            old_version, live = self._current(sp, hkey, path)
+            old_version, live, acc = self._current(sp, hkey, path)
             current = old_version if live else 0
             if if_version is not None and if_version != current:
                 if current:
@@ -169,7 +194,7 @@ class Store:
                 else:
                     msg = f"{path} does not exist, so it is not at version {if_version}"
                 raise ProtocolError(ErrorCode.CONFLICT, msg)
-            return self._store_row(sp, hkey, path, old_version, _VALUE, data)
+            return self._store_row(sp, hkey, path, old_version, acc, _VALUE, data)
 
     def get(self, path: str, *, space: str = "data") -> Record:
         sp = _check_space(space)
@@ -215,10 +240,10 @@ class Store:
         validate_path(path)
         with self._lock, self._errors(), self._write():
             hkey = self._hkey(sp, path)
-            old_version, live = self._current(sp, hkey, path)
+            old_version, live, acc = self._current(sp, hkey, path)
             if not live:
                 raise ProtocolError(ErrorCode.NOT_FOUND, f"there is no record at {path}")
-            self._store_row(sp, hkey, path, old_version, _TOMBSTONE, b"")
+            self._store_row(sp, hkey, path, old_version, acc, _TOMBSTONE, b"")
 
     def verify(self) -> int:
         """Recompute the head from every row; StoreIntegrityError if a row was rolled back, added or removed.
@@ -247,14 +272,14 @@ class Store:
     # -- internals --------------------------------------------------------------------------------------------
 
     def _hkey(self, sp: bytes, path: str) -> bytes:
-        return keyed_hash(self._index_key, sp + b"\x00" + path.encode())
+        return _keyed_hash(self._index_key, sp + b"\x00" + path.encode())
 
     @staticmethod
     def _ad(sp: bytes, hkey: bytes, version: int, part: bytes) -> bytes:
         return b"mydata-record/1\x00" + sp + b"\x00" + hkey + version.to_bytes(8, "big") + part
 
     def _mark(self, sp: bytes, hkey: bytes, version: int) -> bytes:
-        return keyed_hash(self._acc_key, sp + b"\x00" + hkey + version.to_bytes(8, "big"))
+        return _keyed_hash(self._acc_key, sp + b"\x00" + hkey + version.to_bytes(8, "big"))
 
     def _unseal(self, blob: bytes, ad: bytes, path: str | None) -> bytes:
         try:
@@ -265,22 +290,28 @@ class Store:
                 f"{where} failed its integrity check (tampered, swapped or rolled back on disk)"
             ) from None
 
-    def _current(self, sp: bytes, hkey: bytes, path: str) -> tuple[int, bool]:
-        """(version, live) of the row for `path`, authenticated; (0, False) if there has never been one."""
+    def _current(self, sp: bytes, hkey: bytes, path: str) -> tuple[int, bool, bytes]:
+        """(version, live, head) for `path` inside a write transaction, all authenticated; version 0 if never written."""
         row = self._conn.execute(
-            "SELECT version, pblob FROM store_records WHERE space = ? AND hkey = ?", (sp.decode(), hkey)
+            "SELECT h.blob, r.version, r.pblob FROM store_head AS h "
+            "LEFT JOIN store_records AS r ON r.space = ? AND r.hkey = ? WHERE h.id = 1",
+            (sp.decode(), hkey),
         ).fetchone()
         if row is None:
-            return 0, False
-        version, pblob = row
+            raise StoreIntegrityError("the store's integrity head is missing: the database was tampered with")
+        head_blob, version, pblob = row
+        acc = self._open_head(head_blob)
+        if version is None:
+            return 0, False, acc
         plain = self._unseal(pblob, self._ad(sp, hkey, version, b"p"), path)
-        return version, plain[:1] == _VALUE
+        return version, plain[:1] == _VALUE, acc
 
-    def _store_row(self, sp: bytes, hkey: bytes, path: str, old_version: int, kind: bytes, data: bytes) -> int:
+    def _store_row(
+        self, sp: bytes, hkey: bytes, path: str, old_version: int, acc: bytes, kind: bytes, data: bytes
+    ) -> int:
         version = old_version + 1
         pblob = seal(self._record_key, kind + path.encode(), self._ad(sp, hkey, version, b"p"))
         vblob = seal(self._record_key, kind + data, self._ad(sp, hkey, version, b"v"))
-        acc = self._read_head()
         if old_version:
             acc = _xor(acc, self._mark(sp, hkey, old_version))
         acc = _xor(acc, self._mark(sp, hkey, version))
@@ -297,20 +328,27 @@ class Store:
         row = self._conn.execute("SELECT blob FROM store_head WHERE id = 1").fetchone()
         if row is None:
             raise StoreIntegrityError("the store's integrity head is missing: the database was tampered with")
+        return self._open_head(row[0])
+
+    def _open_head(self, blob: bytes) -> bytes:
+        # The head changes only when someone writes; bytes equal to a blob already authenticated need no unseal.
+        if blob == self._head_seen[0]:
+            return self._head_seen[1]
         try:
-            plain = unseal(self._head_key, row[0], _HEAD_AD)
+            plain = unseal(self._head_key, blob, _HEAD_AD)
         except IntegrityError:
             raise StoreIntegrityError(
                 "the store's integrity head does not authenticate: the database was tampered with or the key is wrong"
             ) from None
         if len(plain) != 32:
             raise StoreIntegrityError("the store's integrity head is malformed")
+        self._head_seen = (blob, plain)
         return plain
 
     def _write_head(self, acc: bytes) -> None:
-        self._conn.execute(
-            "INSERT OR REPLACE INTO store_head (id, blob) VALUES (1, ?)", (seal(self._head_key, acc, _HEAD_AD),)
-        )
+        blob = seal(self._head_key, acc, _HEAD_AD)
+        self._conn.execute("INSERT OR REPLACE INTO store_head (id, blob) VALUES (1, ?)", (blob,))
+        self._head_seen = (blob, acc)
 
     def _write(self):
         return _Transaction(self._conn)

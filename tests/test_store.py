@@ -190,3 +190,20 @@ def test_store_matches_a_model(tmp_path_factory, ops):
         for p, (value, version) in model.items():
             assert s.get(p) == Record(p, value, version)
         assert s.verify() == len(counts)
+
+
+def test_index_hash_is_the_crypto_modules_keyed_hash():
+    from node.crypto import keyed_hash
+    from node.store import _keyed_hash
+
+    k = random_key()
+    assert _keyed_hash(k, b"data\x00cv/basics") == keyed_hash(k, b"data\x00cv/basics")
+
+
+def test_links_and_bytes_round_trip_through_the_store(store):
+    from protocol.cid import CID
+
+    cid = CID.of_dagcbor(b"\xa0")
+    value = {"grant": cid, "raw": b"\x00\x01envelope", "list": [cid]}
+    store.put("grants/1", value, space="node")
+    assert store.get("grants/1", space="node").value == value
