@@ -205,6 +205,11 @@ class AuditLog:
             return AuditReport(False, count - 1, count, f"entry {count} is not the one the sealed head recorded.")
         return AuditReport(True, count)
 
+    def count(self) -> int:
+        """The seq of the newest entry, as the sealed head records it (entries are numbered from 1)."""
+        with self._lock:
+            return self._head()[0]
+
     # -- internals
 
     def _head(self) -> tuple[int, bytes]:

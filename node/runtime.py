@@ -1,0 +1,306 @@
+"""`mydata run`: one running node. Owns the libp2p host, the protocol handlers, the control API, the notification
+delivery loop and the expiry sweep, all in one nursery; SIGINT/SIGTERM cancel it and everything closes in order.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
+
+from node.api import serve_api
+from node.audit import AuditLog
+from node.config import Config
+from node.crypto import derive_key
+from node.handlers import Handlers
+from node.home import Home
+from node.net import PeerSession, make_host, running_host, serve
+from node.owner import Outgoing, Owner
+from node.requester import CONSENT_PROTOCOL, NOTIFY_PROTOCOL, PDS_PROTOCOL, Requester
+from node.store import Store
+from node.vault import Identity
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.ids import peer_id_from_did
+from protocol.links import Link, parse_link
+
+log = logging.getLogger("mydata.node")
+
+LOCK_FILE = "node.lock"
+EXPIRY_SWEEP_SECONDS = 60
+DELIVERY_TIMEOUT = 15
+DELIVERY_IDLE_WAKE = 30  # re-check the outbox at least this often
+
+
+class NodeBusy(Exception):
+    """Another process runs a node on this home."""
+
+
+@contextmanager
+def run_lock(home: Home):
+    """One running node per home: an exclusive flock, released by the kernel even after SIGKILL."""
+    path = Path(home.path) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise NodeBusy(f"a node is already running with the home {home.path}; stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_state(home: Home, identity: Identity) -> tuple[Store, AuditLog]:
+    store = Store.open(home.db_path, identity.store_key)
+    try:
+        audit = AuditLog.open(home.db_path, derive_key(identity.store_key, "audit"))
+    except BaseException:
+        store.close()
+        raise
+    return store, audit
+
+
+class Node:
+    """The running node: what the control API (NodeControl) and the handlers reach."""
+
+    def __init__(self, home: Home, identity: Identity, config: Config, store: Store, audit: AuditLog, host,
+                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+        self.home = home
+        self.identity = identity
+        self.config = config
+        self.store = store
+        self.audit_log = audit
+        self.host = host
+        self.clock = clock
+        self.owner = Owner(signing_key=identity.signing_key, store=store, audit=audit, config=config, clock=clock)
+        self.requester = Requester(host=host, signing_key=identity.signing_key, store=store,
+                                   listen_addrs=self.listen_addrs, clock=clock)
+        self.handlers = Handlers(self.owner, self.requester)
+        self.started = clock()
+        self._wake_delivery = trio.Event()
+
+    # ---------------------------------------------------------------- network
+
+    def listen_addrs(self) -> list[str]:
+        """Addresses others can dial; a wildcard listen address is advertised as loopback."""
+        out = []
+        for addr in self.host.get_addrs():
+            text = str(addr).split("/p2p/")[0]
+            out.append(text.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/"))
+        return sorted(set(out))
+
+    def serve_protocols(self) -> None:
+        serve(self.host, CONSENT_PROTOCOL, self.handlers.consent)
+        serve(self.host, PDS_PROTOCOL, self.handlers.pds)
+        serve(self.host, NOTIFY_PROTOCOL, self.handlers.notify)
+
+    async def connect_bootstrap(self) -> None:
+        for addr in self.config.bootstrap:
+            try:
+                with trio.fail_after(10):
+                    ma = Multiaddr(addr)
+                    peer = ID.from_base58(ma.value_for_protocol("p2p"))
+                    await self.host.connect(PeerInfo(peer, [ma.decapsulate(Multiaddr(f"/p2p/{peer}"))]))
+            except Exception as exc:  # a dead bootstrap peer must not stop the node
+                log.warning("bootstrap peer %s unreachable: %s", addr, exc)
+
+    def notify_changed(self) -> None:
+        self._wake_delivery.set()
+
+    async def deliver_notifications(self) -> None:
+        """Store-and-forward: deliver outbox items with backoff until acknowledged or the consent ends."""
+        while True:
+            now = self.clock()
+            items = self.owner.outbox()
+            for item in items:
+                if item.next_at <= now:
+                    await self._deliver_one(item)
+            items = self.owner.outbox()
+            wait = min([max(0, i.next_at - self.clock()) for i in items] + [DELIVERY_IDLE_WAKE])
+            self._wake_delivery = trio.Event()
+            with trio.move_on_after(max(wait, 0.05)):
+                await self._wake_delivery.wait()
+
+    async def _deliver_one(self, item: Outgoing) -> None:
+        peer = ID.from_base58(peer_id_from_did(item.to))
+        session = None
+        try:
+            with trio.fail_after(DELIVERY_TIMEOUT):
+                addrs = [Multiaddr(a) for a in item.addrs]
+                if addrs:
+                    self.host.get_peerstore().add_addrs(peer, addrs, 3600)
+                await self.host.connect(PeerInfo(peer, addrs))
+                session = PeerSession(self.host, peer, NOTIFY_PROTOCOL, timeout=DELIVERY_TIMEOUT)
+                await session.call(item.op, **item.fields)
+        except (Exception, trio.TooSlowError) as exc:
+            log.info("notify %s to %s not delivered yet (%s); will retry", item.op, item.to, exc)
+            self.owner.delivery_failed(item)
+        else:
+            log.info("notified %s: %s", item.to, item.op)
+            self.owner.delivered(item)
+        finally:
+            if session is not None:
+                with trio.CancelScope(shield=True):
+                    await session.aclose()
+
+    async def sweep_expired(self) -> None:
+        while True:
+            try:
+                self.owner.expire_due()
+            except ProtocolError as exc:
+                log.warning("expiry sweep failed: %s", exc)
+            await trio.sleep(EXPIRY_SWEEP_SECONDS)
+
+    # ---------------------------------------------------------------- NodeControl (the control API)
+
+    async def status(self) -> dict:
+        pending = [r for r in self.owner.list_requests("pending")]
+        grants = [g for g in self.owner.list_grants() if g["status"] == "active"]
+        return {
+            "did": self.identity.did,
+            "peer_id": self.identity.peer_id,
+            "addrs": self.listen_addrs(),
+            "peers": len(self.host.get_connected_peers()),
+            "pending_requests": len(pending),
+            "active_grants": len(grants),
+            "records": len(self.store.list("")),
+            "outbox": len(self.owner.outbox()),
+            "started": self.started,
+            "locked": False,
+        }
+
+    async def put(self, path: str, value: Any, if_version: int | None) -> int:
+        return self.owner.put(path, value, if_version)
+
+    async def get(self, path: str) -> dict:
+        record = self.store.get(path)
+        return {"path": record.path, "value": record.value, "version": record.version}
+
+    async def list(self, prefix: str) -> list[dict]:
+        return [{"path": p, "version": v} for p, v in self.store.list(prefix)]
+
+    async def delete(self, path: str) -> None:
+        self.owner.delete(path)
+
+    async def requests(self, status: str | None) -> list[dict]:
+        return self.owner.list_requests(status)
+
+    async def approve(self, request_id: str, scopes: list[dict] | None, exp: int | None) -> dict:
+        result = self.owner.approve(request_id, scopes, exp)
+        self.notify_changed()
+        return {"request": str(result["request"]), "status": result["status"],
+                "delegations": [str(_cid_of(d)) for d in result["delegations"]]}
+
+    async def deny(self, request_id: str, reason: str) -> dict:
+        result = self.owner.deny(request_id, reason or "declined by the owner")
+        self.notify_changed()
+        return {"request": str(result["request"]), "status": result["status"], "reason": result["reason"]}
+
+    async def grants(self) -> list[dict]:
+        return self.owner.list_grants()
+
+    async def revoke(self, delegation: str | None, requester: str | None) -> dict:
+        result = self.owner.revoke(delegation, requester)
+        self.notify_changed()
+        return result
+
+    async def audit(self, since: int, limit: int | None) -> list[dict]:
+        return [
+            {"seq": e.seq, "at": e.at, "kind": e.kind, "fields": e.fields, "hash": e.entry_hash.hex()}
+            for e in self.audit_log.entries(since_seq=since, limit=limit)
+        ]
+
+    async def audit_verify(self) -> dict:
+        report = self.audit_log.verify()
+        return {"ok": report.ok, "count": report.count, "first_bad_seq": report.first_bad_seq, "reason": report.reason}
+
+    async def peers(self) -> list[dict]:
+        store = self.host.get_peerstore()
+        return [
+            {"peer_id": str(p), "addrs": [str(a) for a in store.addrs(p)]} for p in self.host.get_connected_peers()
+        ]
+
+    async def share(self) -> dict:
+        link = Link(self.identity.did, tuple(self.listen_addrs()))
+        return {"link": str(link), "did": self.identity.did, "peer_id": self.identity.peer_id,
+                "addrs": list(link.addrs)}
+
+    async def remote_request(self, link: str, scopes: list[dict], purpose: str, description: str, days: int,
+                             retention_days: int = 30) -> dict:
+        from consent.request import Scope
+
+        result = await self.requester.request(parse_link(link), [Scope(s["cmd"], s["path"]) for s in scopes],
+                                              purpose, description=description, days=days,
+                                              retention_days=retention_days)
+        return result
+
+    async def remote_status(self, link: str, request_id: str) -> dict:
+        return await self.requester.status(parse_link(link), request_id)
+
+    async def remote_invoke(self, link: str, cmd: str, args: dict) -> dict:
+        return await self.requester.invoke(parse_link(link), cmd, args)
+
+
+def _cid_of(raw: bytes):
+    from consent.envelope import parse_token
+
+    return parse_token(raw).cid
+
+
+async def run_node(
+    home: Home,
+    identity: Identity,
+    config: Config,
+    *,
+    listen: list[str] | None = None,
+    api_port: int | None = None,
+    on_ready: Callable[[Node, str], None] | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Run until cancelled or signalled. Acknowledged writes are on disk; the host is closed explicitly."""
+    with run_lock(home):
+        store, audit = open_state(home, identity)
+        try:
+            host = make_host(identity.seed)
+            listen_addrs = listen or config.listen
+            async with running_host(host, listen_addrs):
+                node = Node(home, identity, config, store, audit, host)
+                node.serve_protocols()
+                async with trio.open_nursery() as nursery:
+                    if handle_signals:
+                        nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
+                    url = await nursery.start(
+                        lambda task_status: serve_api(
+                            node, home.path, port=config.api_port if api_port is None else api_port,
+                            task_status=task_status,
+                        )
+                    )
+                    await node.connect_bootstrap()
+                    nursery.start_soon(node.deliver_notifications)
+                    nursery.start_soon(node.sweep_expired)
+                    if on_ready is not None:
+                        on_ready(node, url)
+                await node.requester.aclose()
+        finally:
+            audit.close()
+            store.close()
+
+
+async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
