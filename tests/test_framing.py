@@ -12,7 +12,14 @@ from protocol.framing import FrameDecoder, encode_frame, encode_varint
 
 @pytest.mark.parametrize(
     "n, encoded",
-    [(0, b"\x00"), (1, b"\x01"), (127, b"\x7f"), (128, b"\x80\x01"), (300, b"\xac\x02"), (2**63 - 1, b"\xff" * 8 + b"\x7f")],
+    [
+        (0, b"\x00"),
+        (1, b"\x01"),
+        (127, b"\x7f"),
+        (128, b"\x80\x01"),
+        (300, b"\xac\x02"),
+        (2**63 - 1, b"\xff" * 8 + b"\x7f"),
+    ],
 )
 def test_varint_known_values(n, encoded):
     assert encode_varint(n) == encoded
