@@ -47,20 +47,21 @@ DEFAULT_CALL_TIMEOUT = 30.0
 READ_CHUNK = 1 << 16  # a yamux read returns at most ~64 KiB anyway
 SHUTDOWN_GRACE = 5.0
 
-# Resource manager sizing. py-libp2p's defaults (256 inbound connections, 8 per peer, 10 new connections/s per
-# peer) are close to what a personal node sees, so the numbers stay near them but are chosen here on purpose:
-# - a node serves many requesters at once (a load test runs 50+ in parallel; a market query fans out wider),
-#   each normally on ONE connection with a reused stream per protocol;
-MAX_CONNECTIONS = 1024  # all directions; sockets are the scarce thing on a small machine
+# Resource manager sizing, chosen on purpose rather than inherited (py-libp2p's defaults: 256 inbound and 256
+# outbound connections, 64 pending each way, 8 per peer, 10 new connections/s per peer with a burst of 50 -- the
+# last is kept: it only limits one peer redialling).
+# A node serves many requesters at once (the load test runs 50+ in parallel; an aggregate query fans out wider),
+# each normally on ONE connection with a reused stream per protocol, so inbound gets the larger share.
+MAX_CONNECTIONS = 1024  # all directions; sockets and ~95 KiB per connection end are what a small machine spends
 MAX_INBOUND_CONNECTIONS = 768
-MAX_OUTBOUND_CONNECTIONS = 256  # notify retries and DHT lookups; a node rarely dials more at once
+MAX_OUTBOUND_CONNECTIONS = 256  # notify deliveries and DHT lookups; a node rarely dials more at once
 MAX_PENDING_INBOUND = 128  # handshakes in progress: a burst of 50+ requesters connecting together must pass
 MAX_PENDING_OUTBOUND = 64
 MAX_CONNECTIONS_PER_PEER = 8  # one is normal; simultaneous dials can briefly make a few
-# - streams are cheap but each holds a handler task: 8 per connection on average is far above the one or two
-#   (a protocol stream, identify, DHT) an honest peer keeps open.
+# Streams beyond this wait for a slot (the swarm holds a semaphore of this size). An honest peer keeps one or two
+# open per connection (a protocol stream, identify, DHT); 8 per connection on average is ample headroom.
 MAX_STREAMS = 8 * MAX_CONNECTIONS
-MAX_MEMORY_MB = 512
+MAX_MEMORY_MB = 512  # the manager's memory accounting cap; frames themselves are bounded by max_frame
 
 
 def make_resource_manager() -> ResourceManager:
