@@ -12,6 +12,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 import nacl.signing
+import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
@@ -67,6 +68,15 @@ class Requester:
         self.clock = clock
         self.on_revoked = on_revoked
         self._sessions: dict[tuple[str, str], PeerSession] = {}
+        self._updated = trio.Event()
+
+    async def wait_update(self) -> None:
+        """Return at the next change to held consents (a notification, a poll answer, a revocation)."""
+        await self._updated.wait()
+
+    def _changed(self) -> None:
+        self._updated.set()
+        self._updated = trio.Event()
 
     # ---------------------------------------------------------------- consent
 
@@ -88,14 +98,12 @@ class Requester:
         self._save(request.cid, {"owner": link.did, "addrs": list(link.addrs), "raw": request.raw,
                                  "status": "sending", "delegations": [], "revoked": [], "reason": None,
                                  "sent_at": now, "purpose": purpose, "retention_days": retention_days})
-        session = await self._session(link, CONSENT_PROTOCOL)
-        result = await session.call("request", request=request.raw)
+        result = await self._call(link, CONSENT_PROTOCOL, "request", request=request.raw)
         return self._absorb(request.cid, result, link.did)
 
     async def status(self, link: Link, request_id: str) -> dict:
         cid = _parse_cid(request_id)
-        session = await self._session(link, CONSENT_PROTOCOL)
-        result = await session.call("status", request=cid)
+        result = await self._call(link, CONSENT_PROTOCOL, "status", request=cid)
         return self._absorb(cid, result, link.did)
 
     def consents(self) -> list[dict]:
@@ -118,9 +126,8 @@ class Requester:
         now = self.clock()
         invocation = sign_invocation(self.signing_key, sub=link.did, aud=link.did, cmd=cmd, args=args,
                                      prf=[delegation.cid], exp=now + INVOCATION_LIFETIME, iat=now)
-        session = await self._session(link, PDS_PROTOCOL)
         try:
-            return await session.call("invoke", invocation=invocation.raw, proofs=[delegation.raw])
+            return await self._call(link, PDS_PROTOCOL, "invoke", invocation=invocation.raw, proofs=[delegation.raw])
         except ProtocolError as err:
             if err.code is ErrorCode.REVOKED:
                 await self._mark_revoked(link.did, [str(delegation.cid)])
@@ -203,6 +210,7 @@ class Requester:
         if result.get("revoked"):
             record["revoked"] = sorted(set(record["revoked"]) | {str(c) for c in result["revoked"]})
         self._save(cid, record)
+        self._changed()
         return {"request": str(cid), "status": status, "owner": owner,
                 "delegations": [str(parse_token(d).cid) for d in record["delegations"]],
                 "scopes": [_dlg_scope(parse_token(d)) for d in record["delegations"]],
@@ -220,8 +228,29 @@ class Requester:
             status = "revoked" if set(revoked) >= held else record["status"]
             self.store.put(path, record | {"revoked": revoked, "status": status}, space="node")
             touched.extend(mine)
+        if touched:
+            self._changed()
         if touched and self.on_revoked is not None:
             await self.on_revoked(owner, touched)
+
+    async def _call(self, link: Link, protocol_id: str, op: str, **fields) -> dict:
+        """One exchange over the cached session; a session that went dead is dropped with its connection."""
+        session = await self._session(link, protocol_id)
+        try:
+            return await session.call(op, **fields)
+        except ProtocolError as err:
+            if err.code is ErrorCode.UNAVAILABLE:
+                await self._forget(link.did)
+            raise
+
+    async def _forget(self, did: str) -> None:
+        for key in [k for k in self._sessions if k[0] == did]:
+            await self._sessions.pop(key).aclose()
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await self.host.disconnect(ID.from_base58(peer_id_from_did(did)))
+            except Exception:
+                pass
 
     async def _session(self, link: Link, protocol_id: str) -> PeerSession:
         key = (link.did, protocol_id)

@@ -90,6 +90,7 @@ class Node:
         self.handlers = Handlers(self.owner, self.requester)
         self.started = clock()
         self._wake_delivery = trio.Event()
+        self._delivery_progress = trio.Event()
 
     # ---------------------------------------------------------------- network
 
@@ -147,6 +148,12 @@ class Node:
         except (Exception, trio.TooSlowError) as exc:
             log.info("notify %s to %s not delivered yet (%s); will retry", item.op, item.to, exc)
             self.owner.delivery_failed(item)
+            # The connection may be stale (the peer restarted): the next attempt must dial afresh.
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await self.host.disconnect(peer)
+                except Exception:
+                    pass
         else:
             log.info("notified %s: %s", item.to, item.op)
             self.owner.delivered(item)
@@ -154,6 +161,13 @@ class Node:
             if session is not None:
                 with trio.CancelScope(shield=True):
                     await session.aclose()
+            self._delivery_progress.set()
+            self._delivery_progress = trio.Event()
+
+    async def wait_outbox_empty(self) -> None:
+        """Return once every queued notification was acknowledged (or given up)."""
+        while self.owner.outbox():
+            await self._delivery_progress.wait()
 
     async def sweep_expired(self) -> None:
         while True:
