@@ -244,3 +244,14 @@ def parse_revocation(raw: bytes, *, issuer: str | None = None) -> Revocation:
     if issuer is not None and token.iss != issuer:
         raise ProtocolError(ErrorCode.UNAUTHORIZED, "the revocation is not signed by the delegation's issuer")
     return Revocation(token, token.args["revoke"])
+
+
+SCOPE_VERBS = ("read", "list", "write", "delete")
+
+
+def parse_scope_text(text: str) -> Scope:
+    """`read:cv/`, `write:cv/certificates/`, `list:cv/`, `delete:cv/x` -> Scope: how people type scopes."""
+    verb, sep, path = text.partition(":")
+    if not sep or verb not in SCOPE_VERBS:
+        raise _malformed(f"scope '{text}' must look like read:cv/ (one of {', '.join(SCOPE_VERBS)}, a colon, a path)")
+    return Scope(f"/pds/{verb}", path)

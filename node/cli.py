@@ -11,16 +11,21 @@ import base64
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import click
 
+from node.apiclient import ApiClient
+from node.audit import AuditLog
+from node.config import write_default_config
 from node.crypto import IntegrityError
 from node.home import Home, HomeError
 from node.resume import ROOT as CV_ROOT
 from node.resume import export_resume, import_resume
 from node.store import MAX_VALUE_SIZE, Store
+from node.state import open_state
 from node.vault import DEFAULT_PROFILE, KDF_PROFILES, Vault, VaultError
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -134,13 +139,17 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """The data commands against the store file directly (no node running)."""
+    """The data commands against the store file directly (no node running); the owner's changes are audited."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, audit: AuditLog | None = None) -> None:
         self.store = store
+        self.audit = audit
 
     def put(self, path: str, value: Any, if_version: int | None = None) -> int:
-        return self.store.put(path, value, if_version=if_version)
+        version = self.store.put(path, value, if_version=if_version)
+        if self.audit is not None:
+            self.audit.append("owner.write", {"path": path, "version": version}, at=int(time.time()))
+        return version
 
     def get(self, path: str) -> dict:
         rec = self.store.get(path)
@@ -151,8 +160,12 @@ class LocalBackend:
 
     def delete(self, path: str) -> None:
         self.store.delete(path)
+        if self.audit is not None:
+            self.audit.append("owner.delete", {"path": path}, at=int(time.time()))
 
     def close(self) -> None:
+        if self.audit is not None:
+            self.audit.close()
         self.store.close()
 
 
@@ -163,8 +176,12 @@ def unlock(home_dir: Path | None, passphrase_file: Path | None):
 
 
 def open_backend(home_dir: Path | None, passphrase_file: Path | None) -> Backend:
+    """Through the running node's control API when one runs on this home (no passphrase needed), else direct."""
+    client = ApiClient.from_home(Home.resolve(home_dir).require().path)
+    if client is not None:
+        return client
     home, _, identity = unlock(home_dir, passphrase_file)
-    return LocalBackend(Store.open(home.db_path, identity.store_key))
+    return LocalBackend(*open_state(home, identity))
 
 
 # -- JSON in and out -------------------------------------------------------------------------------------
@@ -243,6 +260,7 @@ def init(home_dir, passphrase_file, as_json, force, kdf_profile):
         home.remove_node_files()
     vault.save(home.vault_path)
     Store.open(home.db_path, identity.store_key).close()
+    write_default_config(home.path)
     if as_json:
         click.echo(dump_json({"home": str(home.path), "did": vault.did, "peer_id": vault.peer_id}))
     else:
@@ -396,3 +414,10 @@ def export(home_dir, passphrase_file, as_json, resume):
         click.echo(dump_json(export_resume({r["path"]: r["value"] for r in records})))
     else:
         click.echo(dump_json(records))
+
+
+# The token and node commands live in their own modules; importing them registers them on `main`.
+from node import nodecli  # noqa: E402,F401
+from node.tokencli import token  # noqa: E402
+
+main.add_command(token)

@@ -41,14 +41,6 @@ def _now() -> int:
     return int(time.time())
 
 
-def parse_scope_option(text: str) -> Scope:
-    """`read:cv/` / `write:cv/certificates/` / `list:cv/` / `delete:cv/x` -> Scope (the CLI's --scope)."""
-    verb, sep, path = text.partition(":")
-    if not sep or verb not in ("read", "list", "write", "delete"):
-        raise ProtocolError(ErrorCode.MALFORMED, f"scope '{text}' must look like read:cv/ (read, list, write or delete)")
-    return Scope(f"/pds/{verb}", path)
-
-
 class Requester:
     def __init__(
         self,

@@ -18,15 +18,17 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
+from consent.envelope import parse_token
+from consent.request import Scope
 from node.api import serve_api
 from node.audit import AuditLog
 from node.config import Config
-from node.crypto import derive_key
 from node.handlers import Handlers
 from node.home import Home
 from node.net import PeerSession, make_host, running_host, serve
 from node.owner import Outgoing, Owner
 from node.requester import CONSENT_PROTOCOL, NOTIFY_PROTOCOL, PDS_PROTOCOL, Requester
+from node.state import open_state
 from node.store import Store
 from node.vault import Identity
 from protocol.errors import ErrorCode, ProtocolError
@@ -60,16 +62,6 @@ def run_lock(home: Home):
         yield
     finally:
         os.close(fd)
-
-
-def open_state(home: Home, identity: Identity) -> tuple[Store, AuditLog]:
-    store = Store.open(home.db_path, identity.store_key)
-    try:
-        audit = AuditLog.open(home.db_path, derive_key(identity.store_key, "audit"))
-    except BaseException:
-        store.close()
-        raise
-    return store, audit
 
 
 class Node:
@@ -253,8 +245,6 @@ class Node:
 
     async def remote_request(self, link: str, scopes: list[dict], purpose: str, description: str, days: int,
                              retention_days: int = 30) -> dict:
-        from consent.request import Scope
-
         result = await self.requester.request(parse_link(link), [Scope(s["cmd"], s["path"]) for s in scopes],
                                               purpose, description=description, days=days,
                                               retention_days=retention_days)
@@ -268,8 +258,6 @@ class Node:
 
 
 def _cid_of(raw: bytes):
-    from consent.envelope import parse_token
-
     return parse_token(raw).cid
 
 
