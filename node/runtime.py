@@ -27,7 +27,7 @@ from node.handlers import Handlers
 from node.home import Home
 from node.net import PeerSession, make_host, running_host, serve
 from node.owner import Outgoing, Owner
-from node.requester import CONSENT_PROTOCOL, NOTIFY_PROTOCOL, PDS_PROTOCOL, Requester
+from node.requester import CONSENT_PROTOCOL, NOTIFY_PROTOCOL, PDS_PROTOCOL, Requester, RevokedHook
 from node.state import open_state
 from node.store import Store
 from node.vault import Identity
@@ -68,7 +68,7 @@ class Node:
     """The running node: what the control API (NodeControl) and the handlers reach."""
 
     def __init__(self, home: Home, identity: Identity, config: Config, store: Store, audit: AuditLog, host,
-                 clock: Callable[[], int] = lambda: int(time.time())) -> None:
+                 clock: Callable[[], int] = lambda: int(time.time()), on_revoked: RevokedHook | None = None) -> None:
         self.home = home
         self.identity = identity
         self.config = config
@@ -78,7 +78,7 @@ class Node:
         self.clock = clock
         self.owner = Owner(signing_key=identity.signing_key, store=store, audit=audit, config=config, clock=clock)
         self.requester = Requester(host=host, signing_key=identity.signing_key, store=store,
-                                   listen_addrs=self.listen_addrs, clock=clock)
+                                   listen_addrs=self.listen_addrs, clock=clock, on_revoked=on_revoked)
         self.handlers = Handlers(self.owner, self.requester)
         self.started = clock()
         self._wake_delivery = trio.Event()
@@ -270,15 +270,20 @@ async def run_node(
     api_port: int | None = None,
     on_ready: Callable[[Node, str], None] | None = None,
     handle_signals: bool = True,
+    on_revoked: RevokedHook | None = None,
 ) -> None:
-    """Run until cancelled or signalled. Acknowledged writes are on disk; the host is closed explicitly."""
+    """Run until cancelled or signalled. Acknowledged writes are on disk; the host is closed explicitly.
+
+    `on_revoked(owner_did, delegation_cids)` runs when an owner revokes grants this node holds (a service
+    deletes what it keeps under them).
+    """
     with run_lock(home):
         store, audit = open_state(home, identity)
         try:
             host = make_host(identity.seed)
             listen_addrs = listen or config.listen
             async with running_host(host, listen_addrs):
-                node = Node(home, identity, config, store, audit, host)
+                node = Node(home, identity, config, store, audit, host, on_revoked=on_revoked)
                 node.serve_protocols()
                 async with trio.open_nursery() as nursery:
                     if handle_signals:
