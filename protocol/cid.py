@@ -8,36 +8,24 @@ from __future__ import annotations
 import base64
 import hashlib
 
+from protocol import varint
+
 DAG_CBOR = 0x71
 RAW = 0x55
 SHA2_256 = 0x12
 
-_MAX_VARINT_BYTES = 9  # the multiformats unsigned-varint spec caps varints at 63 bits
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+_varint = varint.encode
 
 
 def _read_varint(b: bytes, pos: int) -> tuple[int, int]:
     """Read one minimal unsigned varint at `pos`; return (value, next position)."""
-    n = 0
-    shift = 0
-    for i in range(pos, min(len(b), pos + _MAX_VARINT_BYTES)):
-        byte = b[i]
-        n |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            # A trailing zero group means the same number has a shorter encoding.
-            if byte == 0 and i > pos:
-                raise ValueError("CID contains a non-minimal varint")
-            return n, i + 1
-        shift += 7
-    raise ValueError("CID contains a truncated or over-long varint")
+    try:
+        read = varint.decode(b, pos)
+    except varint.VarintError as exc:
+        raise ValueError(f"CID contains a varint that {exc}") from None
+    if read is None:
+        raise ValueError("CID contains a truncated varint")
+    return read
 
 
 class CID:

@@ -6,22 +6,16 @@ payload is waited for.
 
 from __future__ import annotations
 
+from protocol import varint
 from protocol.errors import ErrorCode, ProtocolError
 
-MAX_VARINT_LEN = 9  # 63 bits: the contract's bound, and what every libp2p peer can express
+MAX_VARINT_LEN = varint.MAX_LEN  # 63 bits: the contract's bound, and what every libp2p peer can express
 DEFAULT_MAX_FRAME = 1 << 20
 
 
 def encode_varint(n: int) -> bytes:
     """Minimal unsigned LEB128 of `n` (0 <= n < 2**63)."""
-    if n < 0 or n >= 1 << (7 * MAX_VARINT_LEN):
-        raise ValueError(f"varint out of range: {n}")
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return varint.encode(n)
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -30,17 +24,10 @@ def encode_frame(payload: bytes) -> bytes:
 
 def _read_prefix(buf: bytearray) -> tuple[int, int] | None:
     """(length, prefix size) of the varint at the start of `buf`; None while it is incomplete."""
-    value = 0
-    for i in range(min(len(buf), MAX_VARINT_LEN)):
-        byte = buf[i]
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            if byte == 0 and i > 0:
-                raise ProtocolError(ErrorCode.MALFORMED, "the frame length prefix is not a minimal varint")
-            return value, i + 1
-    if len(buf) >= MAX_VARINT_LEN:
-        raise ProtocolError(ErrorCode.MALFORMED, f"the frame length prefix is longer than {MAX_VARINT_LEN} bytes")
-    return None
+    try:
+        return varint.decode(buf)
+    except varint.VarintError as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"the frame length prefix {exc}") from None
 
 
 class FrameDecoder:
