@@ -225,7 +225,7 @@ class Discovery:
                     send.send_nowait(peer_id)
                 await self._join()
                 if self.mdns is not None:
-                    await self.mdns.start(send.clone())
+                    await self._start_mdns(send.clone())
                 self._running = True
                 nursery.start_soon(self._reprovide_loop)
                 if self.bootstrap:
@@ -239,6 +239,15 @@ class Discovery:
             watch.send.close()
             if self.mdns is not None:
                 await self.mdns.stop()
+
+    async def _start_mdns(self, found: trio.MemorySendChannel) -> None:
+        assert self.mdns is not None
+        try:
+            await self.mdns.start(found)
+        except Exception as exc:  # e.g. no multicast on the interface: the DHT still works without it
+            log.warning("mDNS could not start (%r); continuing without it", exc)
+            await self.mdns.stop()
+            self.mdns = None
 
     async def _join(self) -> None:
         """Dial the bootstrap peers, then look ourselves up through them: that fills our routing table and puts

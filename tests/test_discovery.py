@@ -285,3 +285,11 @@ async def test_two_hosts_find_each_other_by_mdns_on_loopback():
 def test_an_mdns_network_name_zeroconf_would_refuse_is_refused_at_construction(bad):
     with pytest.raises(ValueError):
         Discovery(make_host(seed("x")), mdns=True, mdns_network=bad)
+
+
+async def test_mdns_that_cannot_start_leaves_the_dht_running():
+    async with bootstrap_node() as boot, discovering("a", [boot]) as a, \
+            discovering("b", [boot], mdns=True, mdns_interface="192.0.2.254", mdns_network="nowhere") as b:
+        assert b.mdns is None
+        with trio.fail_after(SAFETY):
+            assert await b.find_peer(pid(a))
