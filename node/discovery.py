@@ -25,7 +25,7 @@ from multiaddr.protocols import P_P2P
 from node.net import make_host, running_host
 from protocol.cid import CID
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.ids import did_from_peer_id, is_did, peer_id_from_did, public_key_from_peer_id
+from protocol.ids import did_from_peer_id, peer_id_from_did, public_key_from_peer_id
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class Discovery:
         """Be connected to a node: by the given addresses or those in the peerstore, else (none, or stale) by
         addresses looked up again on the DHT."""
         pid = parse_peer(peer_id)
-        if pid in self.host.get_connected_peers():
+        if pid == self.host.get_id() or pid in self.host.get_connected_peers():
             return
         if isinstance(addrs, (str, bytes)):
             raise ProtocolError(ErrorCode.MALFORMED, "addrs must be a list of multiaddrs, not one string")
@@ -396,7 +396,7 @@ class Discovery:
         48 h, so a provider that appeared later would never be seen.
         """
         key = CID.parse(dht_key(key_text)).multihash
-        if not isinstance(count, int) or count < 1:
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ProtocolError(ErrorCode.MALFORMED, "count must be a positive integer")
         self._check_running()
         store = self.dht.provider_store
@@ -404,7 +404,7 @@ class Discovery:
 
         def take(infos: list[PeerInfo]) -> None:
             for info in infos:
-                if len(found) < count:
+                if info.peer_id in found or len(found) < count:
                     known = found.get(info.peer_id)
                     addrs = list(dict.fromkeys([*(known.addrs if known else []), *info.addrs]))
                     found[info.peer_id] = PeerInfo(info.peer_id, addrs)
@@ -463,7 +463,8 @@ def _plain_addrs(addrs: Sequence[Multiaddr | str], pid: ID, *, strict: bool = Fa
                 ma = ma.decapsulate_code(P_P2P)
         except Exception as exc:
             if strict:
-                raise ProtocolError(ErrorCode.MALFORMED, f"the address {addr!r} for {pid} is not usable: {exc}") from None
+                message = f"the address {addr!r} for {pid} is not usable: {exc}"
+                raise ProtocolError(ErrorCode.MALFORMED, message) from None
             continue
         out[str(ma)] = None
     return list(out)

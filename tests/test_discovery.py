@@ -237,7 +237,7 @@ async def test_service_providers_are_found_once_each():
             assert (await call_echo(person, agent, "hi"))["text"] == "hi"
 
 
-@pytest.mark.parametrize("count", [0, -1, 1.5, "3"])
+@pytest.mark.parametrize("count", [0, -1, 1.5, "3", True])
 async def test_find_providers_refuses_a_bad_count(count):
     async with discovering("lonely") as d:
         with pytest.raises(ProtocolError) as err:
