@@ -72,6 +72,7 @@ class NodeControl(Protocol):
     async def audit(self, since: int, limit: int | None) -> list[dict]: ...
     async def audit_verify(self) -> dict: ...
     async def peers(self) -> list[dict]: ...
+    async def services(self, kind: str) -> list[dict]: ...   # providers of /mydata/service/<kind>: peer_id, did, addrs
     async def share(self) -> dict: ...
     async def remote_request(
         self, link: str, scopes: list[dict], purpose: str, description: str, days: int
@@ -245,6 +246,10 @@ def create_app(node: NodeControl, token: str) -> "TokenGuard":
     @app.get("/v1/peers", tags=["network"])
     async def peers() -> JSONResponse:
         return _ok({"peers": await node.peers()})
+
+    @app.get("/v1/services", tags=["network"])
+    async def services(kind: str = Query("cv", min_length=1, max_length=64, pattern=r"^[a-z0-9._-]+$")) -> JSONResponse:
+        return _ok({"services": await node.services(kind)})
 
     @app.get("/v1/share", tags=["network"])
     async def share() -> JSONResponse:

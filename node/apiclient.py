@@ -138,6 +138,9 @@ class ApiClient:
     def peers(self) -> list[dict]:
         return self._call("GET", "/v1/peers")["peers"]
 
+    def services(self, kind: str = "cv") -> list[dict]:
+        return self._call("GET", "/v1/services", params={"kind": kind})["services"]
+
     def share(self) -> dict:
         return self._call("GET", "/v1/share")
 

@@ -23,6 +23,10 @@ listen = ["/ip4/0.0.0.0/tcp/4001"]
 # Peers to contact at start, as multiaddrs ending in /p2p/<PeerID>.
 bootstrap = []
 
+# Find peers on the local network by mDNS (off by default); optionally only on one interface's IP address.
+mdns = false
+mdns_interface = ""
+
 # Port of the local control API on 127.0.0.1 (0 picks a free port; it is written to api.json).
 api_port = 0
 
@@ -76,6 +80,8 @@ class Config:
     api_port: int = 0
     answer_deadline_days: int = 7
     policies: list[Policy] = field(default_factory=list)
+    mdns: bool = False
+    mdns_interface: str = ""
 
     def decide(self, requester: str, purpose: str, scopes: list[dict]) -> Policy | None:
         for policy in self.policies:
@@ -89,6 +95,8 @@ class Config:
             "bootstrap": self.bootstrap,
             "api_port": self.api_port,
             "answer_deadline_days": self.answer_deadline_days,
+            "mdns": self.mdns,
+            "mdns_interface": self.mdns_interface,
             "policies": [{k: v for k, v in vars(p).items() if v is not None} for p in self.policies],
         }
 
@@ -111,7 +119,7 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where} is not valid TOML ({exc}); fix it or delete it to get the defaults.") from None
-    known = {"listen", "bootstrap", "api_port", "answer_deadline_days", "policies"}
+    known = {"listen", "bootstrap", "api_port", "answer_deadline_days", "policies", "mdns", "mdns_interface"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown setting '{unknown[0]}'; known settings are {', '.join(sorted(known))}.")
@@ -145,6 +153,8 @@ def parse_config(text: str, where: str = CONFIG_FILE) -> Config:
         api_port=_expect(data, "api_port", int, 0, where),
         answer_deadline_days=days,
         policies=policies,
+        mdns=_expect(data, "mdns", bool, False, where),
+        mdns_interface=_expect(data, "mdns_interface", str, "", where),
     )
 
 

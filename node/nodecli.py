@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -148,10 +149,16 @@ def _setup_logging(home: Home, verbose: bool) -> None:
               help="Listen address (repeatable); default from config.toml, e.g. /ip4/127.0.0.1/tcp/0.")
 @click.option("--api-port", type=click.IntRange(0, 65535), default=None, help="Control API port on 127.0.0.1 (0: any).")
 @click.option("--verbose", "-v", is_flag=True, help="Also log informational messages to stderr.")
-def run(home_dir, passphrase_file, listen, api_port, verbose):
+@click.option("--bootstrap-only", is_flag=True,
+              help="Run only a DHT seed node for a network (no vault, no store); its key lives in the home.")
+def run(home_dir, passphrase_file, listen, api_port, verbose, bootstrap_only):
     """Unlock the vault and run the node in the foreground until Ctrl-C or SIGTERM."""
     # Imported here: libp2p and the HTTP server load slowly, and only `run` needs them.
     from node.runtime import NodeBusy, run_node
+
+    if bootstrap_only:
+        _run_bootstrap(home_dir, list(listen), verbose)
+        return
 
     home, _, identity = unlock(home_dir, passphrase_file)
     try:
@@ -176,6 +183,69 @@ def run(home_dir, passphrase_file, listen, api_port, verbose):
     except OSError as exc:
         raise UserError(f"the node could not start: {exc.strerror or exc}.") from None
     click.echo("node stopped")
+
+
+BOOTSTRAP_KEY = "bootstrap.key"
+
+
+def _run_bootstrap(home_dir, listen: list[str], verbose: bool) -> None:
+    from node.discovery import run_bootstrap_node
+    from node.home import write_private_atomically
+    from node.runtime import NodeBusy, cancel_on_signal, run_lock
+
+    home = Home.resolve(home_dir)
+    home.create()
+    key_file = Path(home.path) / BOOTSTRAP_KEY
+    if not key_file.exists():
+        write_private_atomically(key_file, os.urandom(32))
+    seed = key_file.read_bytes()
+    if len(seed) != 32:
+        raise UserError(f"{key_file} is damaged (not 32 bytes); delete it to make a new seed identity.")
+    try:
+        config = load_config(home.path)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    _setup_logging(home, verbose)
+
+    def ready(host) -> None:
+        peer = host.get_id().to_base58()
+        click.echo(f"bootstrap node running\n  peer id: {peer}")
+        for addr in host.get_addrs():
+            click.echo(f"  listen:  {str(addr).split('/p2p/')[0]}/p2p/{peer}")
+        click.echo("Press Ctrl-C to stop.")
+        sys.stdout.flush()
+
+    async def main_task() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
+            await run_bootstrap_node(seed, listen or config.listen, bootstrap=config.bootstrap, on_ready=ready)
+
+    try:
+        with run_lock(home):
+            trio.run(main_task)
+    except NodeBusy as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"the bootstrap node could not start: {exc.strerror or exc}.") from None
+    click.echo("node stopped")
+
+
+@main.command()
+@home_option
+@json_option
+@click.argument("kind", default="cv")
+def services(home_dir, as_json, kind):
+    """List the services of a kind (default: cv) that advertise themselves on the network."""
+    with running_node(home_dir) as client:
+        items = client.services(kind)
+
+    def human(rows):
+        if not rows:
+            click.echo(f"no {kind} services found on the network")
+        for r in rows:
+            click.echo(f"{r['did']}\n  peer id {r['peer_id']}\n  addrs   {' '.join(r['addrs']) or '-'}")
+
+    _emit(as_json, items, human)
 
 
 @main.command()

@@ -51,6 +51,7 @@ class Requester:
         listen_addrs: Callable[[], list[str]] = list,
         clock: Callable[[], int] = _now,
         on_revoked: RevokedHook | None = None,
+        connect: Callable[[str, tuple[str, ...]], Awaitable[None]] | None = None,
     ) -> None:
         self.host = host
         self.signing_key = signing_key
@@ -59,6 +60,8 @@ class Requester:
         self.listen_addrs = listen_addrs
         self.clock = clock
         self.on_revoked = on_revoked
+        # How to reach an owner: the node passes its discovery (addresses, else the DHT); bare hosts dial directly.
+        self.connect = connect or self._dial
         self._sessions: dict[tuple[str, str], PeerSession] = {}
         self._updated = trio.Event()
 
@@ -249,17 +252,20 @@ class Requester:
         session = self._sessions.get(key)
         if session is None:
             peer_id = ID.from_base58(peer_id_from_did(link.did))
-            if link.addrs:
-                self.host.get_peerstore().add_addrs(peer_id, [Multiaddr(a) for a in link.addrs], 3600)
             try:
-                await self.host.connect(PeerInfo(peer_id, [Multiaddr(a) for a in link.addrs]))
-            except Exception as exc:
-                raise ProtocolError(
-                    ErrorCode.UNAVAILABLE,
-                    f"cannot reach {link.did}: no answer at {', '.join(link.addrs) or 'any known address'} ({exc})",
-                ) from None
+                await self.connect(link.did, link.addrs)
+            except ProtocolError as exc:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"cannot reach {link.did}: {exc.message}") from None
             session = self._sessions[key] = PeerSession(self.host, peer_id, protocol_id)
         return session
+
+    async def _dial(self, did: str, addrs: tuple[str, ...]) -> None:
+        peer_id = ID.from_base58(peer_id_from_did(did))
+        try:
+            await self.host.connect(PeerInfo(peer_id, [Multiaddr(a) for a in addrs]))
+        except Exception as exc:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, f"no answer at {', '.join(addrs) or 'any known address'} "
+                                                      f"({exc})") from None
 
     async def aclose(self) -> None:
         for session in self._sessions.values():

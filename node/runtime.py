@@ -15,14 +15,13 @@ from typing import Any, Callable
 
 import trio
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
-from multiaddr import Multiaddr
 
 from consent.envelope import parse_token
 from consent.request import Scope
 from node.api import serve_api
 from node.audit import AuditLog
 from node.config import Config
+from node.discovery import SERVICE_KEY, Discovery
 from node.handlers import Handlers
 from node.home import Home
 from node.net import PeerSession, make_host, running_host, serve
@@ -41,6 +40,8 @@ LOCK_FILE = "node.lock"
 EXPIRY_SWEEP_SECONDS = 60
 DELIVERY_TIMEOUT = 15
 DELIVERY_IDLE_WAKE = 30  # re-check the outbox at least this often
+REACH_TIMEOUT = 20
+PROVIDE_ATTEMPTS = 8
 
 
 class NodeBusy(Exception):
@@ -77,8 +78,11 @@ class Node:
         self.host = host
         self.clock = clock
         self.owner = Owner(signing_key=identity.signing_key, store=store, audit=audit, config=config, clock=clock)
+        self.discovery = Discovery(host, bootstrap=config.bootstrap, mdns=config.mdns,
+                                   mdns_interface=config.mdns_interface or None)
         self.requester = Requester(host=host, signing_key=identity.signing_key, store=store,
-                                   listen_addrs=self.listen_addrs, clock=clock, on_revoked=on_revoked)
+                                   listen_addrs=self.listen_addrs, clock=clock, on_revoked=on_revoked,
+                                   connect=self.reach)
         self.handlers = Handlers(self.owner, self.requester)
         self.started = clock()
         self._wake_delivery = trio.Event()
@@ -99,15 +103,21 @@ class Node:
         serve(self.host, PDS_PROTOCOL, self.handlers.pds)
         serve(self.host, NOTIFY_PROTOCOL, self.handlers.notify)
 
-    async def connect_bootstrap(self) -> None:
-        for addr in self.config.bootstrap:
-            try:
-                with trio.fail_after(10):
-                    ma = Multiaddr(addr)
-                    peer = ID.from_base58(ma.value_for_protocol("p2p"))
-                    await self.host.connect(PeerInfo(peer, [ma.decapsulate(Multiaddr(f"/p2p/{peer}"))]))
-            except Exception as exc:  # a dead bootstrap peer must not stop the node
-                log.warning("bootstrap peer %s unreachable: %s", addr, exc)
+    async def reach(self, did: str, addrs: list[str] | tuple[str, ...] = ()) -> None:
+        """Be connected to a peer: at the given or known addresses, else wherever the DHT says it is now."""
+        await self.discovery.ensure_connected(did, list(addrs), timeout=REACH_TIMEOUT)
+
+    async def provide_services(self, kinds: list[str]) -> None:
+        """Advertise this node as a provider of each service kind; retried while the network is still empty."""
+        for kind in kinds:
+            for attempt in range(PROVIDE_ATTEMPTS):
+                try:
+                    await self.discovery.provide(SERVICE_KEY.format(kind=kind))
+                    log.info("providing /mydata/service/%s", kind)
+                    break
+                except Exception as exc:
+                    log.info("could not provide %s yet (%s)", kind, exc)
+                    await trio.sleep(min(30, 2 ** attempt))
 
     def notify_changed(self) -> None:
         self._wake_delivery.set()
@@ -131,10 +141,7 @@ class Node:
         session = None
         try:
             with trio.fail_after(DELIVERY_TIMEOUT):
-                addrs = [Multiaddr(a) for a in item.addrs]
-                if addrs:
-                    self.host.get_peerstore().add_addrs(peer, addrs, 3600)
-                await self.host.connect(PeerInfo(peer, addrs))
+                await self.reach(item.to, item.addrs)
                 session = PeerSession(self.host, peer, NOTIFY_PROTOCOL, timeout=DELIVERY_TIMEOUT)
                 await session.call(item.op, **item.fields)
         except (Exception, trio.TooSlowError) as exc:
@@ -232,6 +239,9 @@ class Node:
         report = self.audit_log.verify()
         return {"ok": report.ok, "count": report.count, "first_bad_seq": report.first_bad_seq, "reason": report.reason}
 
+    async def services(self, kind: str) -> list[dict]:
+        return await self.discovery.find_providers(SERVICE_KEY.format(kind=kind))
+
     async def peers(self) -> list[dict]:
         store = self.host.get_peerstore()
         return [
@@ -271,11 +281,12 @@ async def run_node(
     on_ready: Callable[[Node, str], None] | None = None,
     handle_signals: bool = True,
     on_revoked: RevokedHook | None = None,
+    provides: tuple[str, ...] = (),
 ) -> None:
     """Run until cancelled or signalled. Acknowledged writes are on disk; the host is closed explicitly.
 
     `on_revoked(owner_did, delegation_cids)` runs when an owner revokes grants this node holds (a service
-    deletes what it keeps under them).
+    deletes what it keeps under them). `provides` names service kinds to advertise on the DHT.
     """
     with run_lock(home):
         store, audit = open_state(home, identity)
@@ -287,14 +298,16 @@ async def run_node(
                 node.serve_protocols()
                 async with trio.open_nursery() as nursery:
                     if handle_signals:
-                        nursery.start_soon(_cancel_on_signal, nursery.cancel_scope)
+                        nursery.start_soon(cancel_on_signal, nursery.cancel_scope)
+                    await nursery.start(node.discovery.run)
                     url = await nursery.start(
                         lambda task_status: serve_api(
                             node, home.path, port=config.api_port if api_port is None else api_port,
                             task_status=task_status,
                         )
                     )
-                    await node.connect_bootstrap()
+                    if provides:
+                        nursery.start_soon(node.provide_services, list(provides))
                     nursery.start_soon(node.deliver_notifications)
                     nursery.start_soon(node.sweep_expired)
                     if on_ready is not None:
@@ -305,7 +318,7 @@ async def run_node(
             store.close()
 
 
-async def _cancel_on_signal(scope: trio.CancelScope) -> None:
+async def cancel_on_signal(scope: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             log.info("received %s: shutting down", signal.Signals(signum).name)

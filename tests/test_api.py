@@ -93,6 +93,10 @@ class FakeNode:
     async def share(self):
         return {"link": "mydata://did:key:z6Mktest"}
 
+    async def services(self, kind):
+        self.calls.append(("services", kind))
+        return [{"peer_id": "12D3KooWsvc", "did": "did:key:z6Mksvc", "addrs": ["/ip4/127.0.0.1/tcp/4002"]}]
+
     async def remote_request(self, link, scopes, purpose, description, days):
         self.calls.append(("remote_request", link, scopes, purpose, description, days))
         return {"request": "bafyreq", "status": "pending"}
@@ -384,6 +388,7 @@ async def test_openapi_document_lists_every_route_and_each_needs_the_token(serve
             ("post", "/v1/requests/{request_id}/deny"),
             ("get", "/v1/grants"),
             ("post", "/v1/revoke"),
+            ("get", "/v1/services"),
             ("get", "/v1/audit"),
             ("get", "/v1/audit/verify"),
             ("get", "/v1/peers"),
@@ -398,3 +403,11 @@ async def test_openapi_document_lists_every_route_and_each_needs_the_token(serve
         for method, path in sorted(listed):
             resp = await h.request(method, path.replace("{path}", "cv/basics").replace("{request_id}", "bafyreq"))
             assert_error(resp, 401, "Unauthorized")
+
+
+async def test_services_route_lists_providers_and_refuses_a_bad_kind(client, node):
+    (svc,) = await in_thread(client.services, "cv")
+    assert svc["did"] == "did:key:z6Mksvc" and ("services", "cv") in node.calls
+    with pytest.raises(ProtocolError) as err:
+        await in_thread(client.services, "CV/../x")
+    assert err.value.code is ErrorCode.MALFORMED

@@ -111,3 +111,23 @@ async def test_offline_requester_gets_its_grant_by_store_and_forward(tmp_path):
             with trio.fail_after(WAIT):
                 await owner.wait_outbox_empty()
             assert back.requester.find_delegation(owner.identity.did, "/pds/read", "cv/basics") is not None
+
+
+async def test_owner_found_by_did_alone_through_a_bootstrap_node(tmp_path):
+    """A link without addresses still works: the requester finds the owner on the DHT via a shared seed node."""
+    from node.discovery import run_bootstrap_node
+
+    async with trio.open_nursery() as nursery:
+        seed_host = await nursery.start(_seed, run_bootstrap_node)
+        boot = [str(a) for a in seed_host.get_addrs()]  # each ends in /p2p/<seed PeerID>
+        config = Config(bootstrap=boot)
+        async with running(tmp_path, "owner", config) as owner, running(tmp_path, "service", config) as service:
+            asked = await service.requester.request(Link(owner.identity.did), [Scope("/pds/read", "cv/")], "DHT test")
+            assert asked["status"] == "pending"
+            (pending,) = await owner.requests("pending")
+            assert pending["requester"] == service.identity.did
+        nursery.cancel_scope.cancel()
+
+
+async def _seed(run_bootstrap_node, task_status):
+    await run_bootstrap_node(bytes(32), ["/ip4/127.0.0.1/tcp/0"], on_ready=task_status.started)
