@@ -72,7 +72,8 @@ class NodeControl(Protocol):
     async def audit(self, since: int, limit: int | None) -> list[dict]: ...
     async def audit_verify(self) -> dict: ...
     async def peers(self) -> list[dict]: ...
-    async def services(self, kind: str) -> list[dict]: ...   # providers of /mydata/service/<kind>: peer_id, did, addrs
+    async def services(self, kind: str) -> list[dict]: ...
+    async def find(self, peer: str) -> dict: ...   # a DID or PeerID -> {"did", "peer_id", "addrs"} from the DHT   # providers of /mydata/service/<kind>: peer_id, did, addrs
     async def share(self) -> dict: ...
     async def remote_request(
         self, link: str, scopes: list[dict], purpose: str, description: str, days: int
@@ -250,6 +251,10 @@ def create_app(node: NodeControl, token: str) -> "TokenGuard":
     @app.get("/v1/services", tags=["network"])
     async def services(kind: str = Query("cv", min_length=1, max_length=64, pattern=r"^[a-z0-9._-]+$")) -> JSONResponse:
         return _ok({"services": await node.services(kind)})
+
+    @app.get("/v1/find", tags=["network"])
+    async def find(peer: str = Query(..., min_length=1, max_length=128)) -> JSONResponse:
+        return _ok(await node.find(peer))
 
     @app.get("/v1/share", tags=["network"])
     async def share() -> JSONResponse:

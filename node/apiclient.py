@@ -141,6 +141,9 @@ class ApiClient:
     def services(self, kind: str = "cv") -> list[dict]:
         return self._call("GET", "/v1/services", params={"kind": kind})["services"]
 
+    def find(self, peer: str) -> dict:
+        return self._call("GET", "/v1/find", params={"peer": peer})
+
     def share(self) -> dict:
         return self._call("GET", "/v1/share")
 

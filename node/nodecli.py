@@ -251,6 +251,24 @@ def services(home_dir, as_json, kind):
 @main.command()
 @home_option
 @json_option
+@click.argument("peer", metavar="DID|PEERID")
+def find(home_dir, as_json, peer):
+    """Find where a node is now, by its DID or PeerID alone (asks the network's DHT)."""
+    with running_node(home_dir) as client:
+        info = client.find(peer)
+
+    def human(r):
+        click.echo(f"{r['did']}\n  peer id {r['peer_id']}")
+        for a in r["addrs"]:
+            click.echo(f"  addr    {a}")
+        click.echo(f"  link    mydata://{r['did']}?" + "&".join(f"addr={a}" for a in r["addrs"]))
+
+    _emit(as_json, info, human)
+
+
+@main.command()
+@home_option
+@json_option
 def config(home_dir, as_json):
     """Show the effective configuration (config.toml in the home)."""
     home = Home.resolve(home_dir).require()

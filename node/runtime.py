@@ -21,7 +21,7 @@ from consent.request import Scope
 from node.api import serve_api
 from node.audit import AuditLog
 from node.config import Config
-from node.discovery import SERVICE_KEY, Discovery
+from node.discovery import SERVICE_KEY, Discovery, parse_peer
 from node.handlers import Handlers
 from node.home import Home
 from node.net import PeerSession, make_host, running_host, serve
@@ -31,7 +31,7 @@ from node.state import open_state
 from node.store import Store
 from node.vault import Identity
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.ids import peer_id_from_did
+from protocol.ids import did_from_peer_id, peer_id_from_did
 from protocol.links import Link, parse_link
 
 log = logging.getLogger("mydata.node")
@@ -241,6 +241,12 @@ class Node:
 
     async def services(self, kind: str) -> list[dict]:
         return await self.discovery.find_providers(SERVICE_KEY.format(kind=kind))
+
+    async def find(self, peer: str) -> dict:
+        """Where a node is now, by its DID or PeerID alone (a fresh DHT lookup)."""
+        pid = parse_peer(peer)
+        addrs = await self.discovery.find_peer(pid.to_base58(), timeout=REACH_TIMEOUT, fresh=True)
+        return {"peer_id": pid.to_base58(), "did": did_from_peer_id(pid.to_base58()), "addrs": addrs}
 
     async def peers(self) -> list[dict]:
         store = self.host.get_peerstore()

@@ -93,6 +93,9 @@ class FakeNode:
     async def share(self):
         return {"link": "mydata://did:key:z6Mktest"}
 
+    async def find(self, peer):
+        return {"peer_id": "12D3KooWx", "did": "did:key:z6Mkx", "addrs": []}
+
     async def services(self, kind):
         self.calls.append(("services", kind))
         return [{"peer_id": "12D3KooWsvc", "did": "did:key:z6Mksvc", "addrs": ["/ip4/127.0.0.1/tcp/4002"]}]
@@ -389,6 +392,7 @@ async def test_openapi_document_lists_every_route_and_each_needs_the_token(serve
             ("get", "/v1/grants"),
             ("post", "/v1/revoke"),
             ("get", "/v1/services"),
+            ("get", "/v1/find"),
             ("get", "/v1/audit"),
             ("get", "/v1/audit/verify"),
             ("get", "/v1/peers"),

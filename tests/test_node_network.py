@@ -126,6 +126,10 @@ async def test_owner_found_by_did_alone_through_a_bootstrap_node(tmp_path):
             assert asked["status"] == "pending"
             (pending,) = await owner.requests("pending")
             assert pending["requester"] == service.identity.did
+            found = await service.find(owner.identity.peer_id)
+            assert found["did"] == owner.identity.did and set(found["addrs"]) & set(owner.listen_addrs())
+            with pytest.raises(ProtocolError):
+                await service.find("not-a-peer")
         nursery.cancel_scope.cancel()
 
 
