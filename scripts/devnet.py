@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -88,22 +89,42 @@ class NodeProc:
             return json.loads(result.stdout)
         return result
 
+    ready_line: ClassVar[str] = "Press Ctrl-C to stop."
+    run_args: ClassVar[tuple[str, ...]] = ()
+
+    def configure(self, bootstrap: list[str]) -> None:
+        """Point the node at the network's seed nodes (config.toml in its home)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            'listen = ["/ip4/127.0.0.1/tcp/0"]\n' + f"bootstrap = {json.dumps(bootstrap)}\n")
+
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(BIN / "mydata"), "run", "--home", str(self.home), "--listen", "/ip4/127.0.0.1/tcp/0"],
+            [str(BIN / "mydata"), "run", *self.run_args, "--home", str(self.home), "--listen", "/ip4/127.0.0.1/tcp/0"],
             stdout=open(self.log, "w"), stderr=subprocess.STDOUT, env=node_env(self.home),
             start_new_session=True,
         )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def peak_rss_mib(self) -> float:
+        """The process's peak resident memory so far (VmHWM), in MiB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             text = self.log.read_text() if self.log.exists() else ""
-            if "Press Ctrl-C to stop." in text:
+            if self.ready_line in text:
                 for line in text.splitlines():
                     key, _, value = line.strip().partition(":")
-                    if key in ("did", "peer id", "api", "link"):
-                        self.info[key] = value.strip()
+                    if key in ("did", "peer id", "api", "link", "listen"):
+                        self.info.setdefault(key, value.strip())
                 return
             if self.proc.poll() is not None:
                 raise StoryFailed(f"{self.name} exited while starting: {text.strip()[-500:]}")
@@ -119,6 +140,16 @@ class NodeProc:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+
+
+class SeedProc(NodeProc):
+    """A bootstrap-only node: a DHT seed with no vault and no store."""
+
+    run_args: ClassVar[tuple[str, ...]] = ("--bootstrap-only",)
+
+    @property
+    def multiaddr(self) -> str:
+        return self.info["listen"]  # /ip4/127.0.0.1/tcp/N/p2p/<PeerID>
 
 
 def node_env(home: Path) -> dict:

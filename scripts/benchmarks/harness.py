@@ -140,7 +140,7 @@ def _fmt(x: float) -> str:
 
 def format_table(title: str, rows: list[Row]) -> str:
     lines = [title, "-" * len(title)]
-    header = f"{'metric':<44} {'median':>12} {'spread':>21} {'ratio':>16} {'target':>8}"
+    header = f"{'metric':<54} {'median':>12} {'spread':>21} {'ratio':>16} {'target':>8}"
     lines.append(header)
     for r in rows:
         spread = f"{_fmt(r.value.low)}–{_fmt(r.value.high)}"
@@ -149,5 +149,5 @@ def format_table(title: str, rows: list[Row]) -> str:
             ratio = f"{r.ratio.median:.0%} ({r.ratio.low:.0%}–{r.ratio.high:.0%})"
         if r.target is not None:
             target = f">={r.target:.0%}" + (" ok" if r.meets_target else " MISS")
-        lines.append(f"{r.metric:<44} {_fmt(r.value.median):>12} {spread:>21} {ratio:>16} {target:>8}  {r.unit}")
+        lines.append(f"{r.metric:<54} {_fmt(r.value.median):>12} {spread:>21} {ratio:>16} {target:>8}  {r.unit}")
     return "\n".join(lines)
