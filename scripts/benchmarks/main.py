@@ -24,6 +24,7 @@ BENCHMARKS = {
     "tokens": "UCAN chain validations vs bare Ed25519 verifies",
     "pds": "consent-verified /pds/read over a reused stream vs a bare libp2p exchange",
     "devnet": "multi-node network: bootstrap, find, consent round trip, memory",
+    "load": "50 requesters with their own grants reading and writing one node process at once",
 }
 
 
