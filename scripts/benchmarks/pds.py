@@ -33,7 +33,7 @@ from node.runtime import run_node
 from node.store import Store
 from node.vault import Vault
 from protocol.links import Link
-from protocol.messages import encode_request, ok_response
+from protocol.messages import encode_request, ok_response, parse_request, parse_response
 
 PATH = "cv/basics"
 WAIT = 60.0
@@ -151,6 +151,14 @@ async def _measure(node, host, store, ops: int, repeat: int) -> list[Row]:
     audit_us = _median_us(lambda n: [node.audit_log.append("bench.audit", fields, at=0) for _ in range(n)],
                           ops, repeat)
     verify_us = owner_us - store_us - audit_us
+    result = {"value": _padded_value(pad), "version": 1}
+
+    def codec(n: int) -> None:
+        for i in range(n):
+            parse_request(encode_request("invoke", i, invocation=raws[0], proofs=[dlg.raw]))
+            parse_response(ok_response(i, result))
+
+    codec_us = _median_us(codec, ops, repeat)
     return rows + [
         plain("per read: whole exchange (client + owner + transport)", [read_us], "µs"),
         plain("per read: bare echo exchange", [echo_us], "µs"),
@@ -159,6 +167,8 @@ async def _measure(node, host, store, ops: int, repeat: int) -> list[Row]:
         plain("    owner: parse + verify chain + checks (the rest)", [verify_us], "µs"),
         plain("    owner: encrypted store read", [store_us], "µs"),
         plain("    owner: audit append (fsynced)", [audit_us], "µs"),
-        plain("  transport, framing, DAG-CBOR, dispatch (the rest)", [read_us - sign_us - owner_us], "µs"),
+        plain("  DAG-CBOR: encode + strict decode of request and response", [codec_us], "µs"),
+        plain("  transport, framing, dispatch (the rest; compare the echo)", [read_us - sign_us - owner_us - codec_us],
+              "µs"),
         plain("frame size, request and response", [float(req_len)], "bytes"),
     ]
