@@ -21,7 +21,7 @@ from protocol.ids import did_from_public_key
 
 __all__ = [
     "CERTIFICATE_TAG", "ENTRY_FIELD", "Certificate", "sign_certificate", "read_certificate", "parse_certificate",
-    "certificate_entry", "verify_entry", "check_date",
+    "certificate_entry", "verify_entry", "check_entry", "check_date",
 ]
 
 CERTIFICATE_TAG = "mydata/certificate@1.0.0"
@@ -165,3 +165,22 @@ def verify_entry(entry: Any, *, subject: str | None = None) -> Certificate:
         if entry.get(name) != expected[name]:
             raise _invalid(f"the entry's {name} differs from what the certificate's issuer signed")
     return cert
+
+
+def check_entry(value: Any, *, subject: str | None = None) -> dict | None:
+    """For showing a record: None if it carries no certificate, else {"issuer", "verified", ...}; never raises.
+
+    `issuer` is the verified signer, or, when verification fails, the issuer the envelope claims (if readable).
+    """
+    if not isinstance(value, dict) or ENTRY_FIELD not in value:
+        return None
+    try:
+        cert = verify_entry(value, subject=subject)
+    except ProtocolError as err:
+        try:
+            claimed = read_certificate(_unb64(value[ENTRY_FIELD])).iss
+        except ProtocolError:
+            claimed = None
+        return {"issuer": claimed, "verified": False, "reason": err.message}
+    return {"issuer": cert.iss, "verified": True, "subject": cert.sub, "employer": cert.employer,
+            "role": cert.role, "from": cert.start, "to": cert.end, "cid": str(cert.cid)}

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import click
 
+from consent.certificate import check_entry
 from node.apiclient import ApiClient
 from node.audit import AuditLog
 from node.config import write_default_config
@@ -333,6 +334,13 @@ def get(home_dir, passphrase_file, as_json, path):
         rec = backend.get(path)
     finally:
         backend.close()
+    # A work certificate in the value is checked: signed by its issuer, about this node's owner, unaltered.
+    cert = check_entry(rec["value"], subject=Vault.load(Home.resolve(home_dir).require().vault_path).did)
+    if cert is not None and as_json:
+        rec = rec | {"certificate": cert}
+    elif cert is not None:
+        click.echo(f"certificate signed by {cert['issuer']} (verified)" if cert["verified"] else
+                   f"certificate claiming issuer {cert['issuer'] or 'unknown'} NOT verified: {cert['reason']}", err=True)
     click.echo(dump_json(rec if as_json else rec["value"]))
 
 
