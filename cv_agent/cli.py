@@ -318,8 +318,10 @@ def fetch_cmd(home_dir, passphrase_file, as_json, target):
     """Read the person's CV under the grant held and keep a copy tied to that grant (replacing an older one)."""
     did = person_did(target)
     home, identity = unlock(home_dir, passphrase_file)
-    with holdings_of(home, identity) as holdings, agent_api(home) as client:
-        held = fetch(_invoker(client, holdings.link(did)), holdings, did)
+    with holdings_of(home, identity) as holdings:
+        holdings.read_grant(did)  # no grant is the first thing to say, running agent or not
+        with agent_api(home) as client:
+            held = fetch(_invoker(client, holdings.link(did)), holdings, did)
     if as_json:
         click.echo(dump_json({"did": did} | held))
     else:

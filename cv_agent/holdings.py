@@ -97,15 +97,18 @@ class Holdings:
         records = self.consents(did)
         if not records:
             return f"no consent was asked of {did}; ask first with `cv-agent request`"
-        now = self.clock()
-        relevant = [(r, d) for r in records for d in r["parsed"] if any(_covers(d, c, path) for c in cmds)]
-        if any(str(d.cid) in r["revoked"] for r, d in relevant):
+        missing = [c for c in cmds if self.live(did, c, path) is None]
+        # Why each missing right is missing: granted and revoked, granted and expired, or never granted.
+        held = [[(r, d) for r in records for d in r["parsed"] if _covers(d, c, path)] for c in missing]
+        if any(str(d.cid) in r["revoked"] for pairs in held for r, d in pairs):
             return f"{did} revoked the grant to {what}"
-        if relevant and all(d.exp <= now for _, d in relevant):
+        if all(pairs for pairs in held):
             return f"the grant from {did} to {what} has expired; ask again with `cv-agent request`"
         statuses = {r["status"] for r in records}
-        if "pending" in statuses or "sending" in statuses:
+        if "pending" in statuses:
             return f"{did} has not answered yet; see `cv-agent inbox`"
+        if statuses == {"sending"}:
+            return f"the request never reached {did}; send it again with `cv-agent request` when the node is reachable"
         if statuses == {"denied"}:
             reason = records[0].get("reason") or "no reason given"
             return f"{did} denied the request ({reason})"
