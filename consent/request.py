@@ -255,3 +255,12 @@ def parse_scope_text(text: str) -> Scope:
     if not sep or verb not in SCOPE_VERBS:
         raise _malformed(f"scope '{text}' must look like read:cv/ (one of {', '.join(SCOPE_VERBS)}, a colon, a path)")
     return Scope(f"/pds/{verb}", path)
+
+
+def scope_of(delegation: Delegation) -> dict:
+    """The scope a grant delegation carries: its command and the path its one policy statement names.
+
+    The inverse of `Scope.policy()`: `like "cv/*"` is the prefix `cv/`, `== "cv/basics"` the record `cv/basics`.
+    """
+    op, _selector, value = delegation.pol[0]
+    return {"cmd": delegation.cmd, "path": value[:-1] if op == "like" else value}

@@ -11,6 +11,7 @@ Synchronous over the store and the audit log (each call is a few SQLite statemen
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,7 +19,14 @@ import nacl.signing
 
 from consent.envelope import Delegation, Invocation, parse_token, verify_signature
 from consent.lifecycle import Event, State, next_state, wire_status
-from consent.request import ConsentRequest, Scope, build_grant, build_revocation, parse_consent_request
+from consent.request import (
+    ConsentRequest,
+    Scope,
+    build_grant,
+    build_revocation,
+    parse_consent_request,
+    scope_of,
+)
 from consent.validate import ReplayGuard, VerifiedCache, check_node_rules, validate_invocation
 from node.audit import AuditLog
 from node.config import Config
@@ -39,6 +47,7 @@ NOTIFY_BACKOFF_MAX = 300
 # Invocations may live at most 600 s (+60 s skew); audit entries older than this cannot name a live one.
 INVOCATION_HORIZON = 660 + 60
 REPLAY_PAGE = 512
+PROOF_CACHE_SIZE = 1024
 
 PDS_COMMANDS = ("/pds/read", "/pds/list", "/pds/write", "/pds/delete")
 
@@ -78,6 +87,7 @@ class Owner:
         self.config = config or Config()
         self.clock = clock
         self.verified = VerifiedCache()
+        self._proofs: OrderedDict[bytes, Delegation] = OrderedDict()
         self.revoked: set[CID] = {
             CID.parse(g["cid"]) for g in self._grant_records() if g.get("revoked_at") is not None
         }
@@ -258,12 +268,7 @@ class Owner:
                 # A chain can be internally valid yet speak for another subject, e.g. one self-signed by the
                 # requester (iss == sub, no proofs). Only invocations about this node's owner reach its store.
                 raise ProtocolError(ErrorCode.INVALID_SUBJECT, "the invocation is about another subject")
-            proofs = []
-            for raw in raw_proofs:
-                proof = parse_token(raw)
-                if not isinstance(proof, Delegation):
-                    raise ProtocolError(ErrorCode.MALFORMED, "'proofs' must hold delegations only")
-                proofs.append(proof)
+            proofs = [self._parse_proof(raw) for raw in raw_proofs]
             check_node_rules(invocation, proofs, remote_did=remote_did, node_did=self.did, now=now,
                              is_revoked=self.revoked.__contains__)
             try:
@@ -278,6 +283,22 @@ class Owner:
             raise
         self._audit_invocation("invocation.accepted", invocation, raw_invocation, remote_did, None)
         return result
+
+    def _parse_proof(self, raw: bytes) -> Delegation:
+        """Parse a presented delegation, remembering it by its exact bytes: a client presents the same proofs
+        with every request. Safe because a token is a pure function of its bytes; signatures are still checked
+        (through the verified-CID cache) on every validation."""
+        proof = self._proofs.get(raw)
+        if proof is None:
+            proof = parse_token(raw)
+            if not isinstance(proof, Delegation):
+                raise ProtocolError(ErrorCode.MALFORMED, "'proofs' must hold delegations only")
+            self._proofs[raw] = proof
+            if len(self._proofs) > PROOF_CACHE_SIZE:
+                self._proofs.popitem(last=False)
+        else:
+            self._proofs.move_to_end(raw)
+        return proof
 
     def _run(self, cmd: str, args: dict) -> dict:
         path = args.get("path")
@@ -346,7 +367,7 @@ class Owner:
         state = next_state(record["status"], event)
         delegations = build_grant(self.signing_key, request, scopes, exp=exp)
         for dlg in delegations:
-            scope = dlg_scope(dlg)
+            scope = scope_of(dlg)
             self.store.put(
                 f"grants/{dlg.cid}",
                 {"cid": str(dlg.cid), "raw": dlg.raw, "request": str(request.cid), "requester": request.iss,
@@ -358,7 +379,7 @@ class Owner:
                            "delegations": [str(d.cid) for d in delegations]}
         self.store.put(f"requests/{request.cid}", record, space="node")
         self._audit("consent.granted", request=str(request.cid), requester=request.iss,
-                    delegations=[str(d.cid) for d in delegations], scopes=[dlg_scope(d) for d in delegations],
+                    delegations=[str(d.cid) for d in delegations], scopes=[scope_of(d) for d in delegations],
                     by="policy" if not notify else "owner")
         if notify:
             self._enqueue(request.iss, request.addrs or [], "granted",
@@ -488,10 +509,3 @@ class Owner:
 
 def _scope_json(scope: Scope) -> dict:
     return {"cmd": scope.cmd, "path": scope.path}
-
-
-def dlg_scope(dlg: Delegation) -> dict:
-    """The scope a grant delegation carries: its command and the path its one policy statement names."""
-    op, _selector, value = dlg.pol[0]
-    path = value[:-1] if op == "like" else value  # "cv/*" -> "cv/"
-    return {"cmd": dlg.cmd, "path": path}

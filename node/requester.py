@@ -19,7 +19,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 
 from consent.envelope import Delegation, parse_token, sign_invocation, verify_signature
-from consent.request import Scope, parse_revocation, sign_consent_request
+from consent.request import Scope, parse_revocation, scope_of, sign_consent_request
 from node.net import PeerSession
 from node.store import Store
 from protocol.cid import CID
@@ -64,6 +64,7 @@ class Requester:
         self.connect = connect or self._dial
         self._sessions: dict[tuple[str, str], PeerSession] = {}
         self._updated = trio.Event()
+        self._held_cache: dict[str, list[tuple[Delegation, dict]]] | None = None
 
     async def wait_update(self) -> None:
         """Return at the next change to held consents (a notification, a poll answer, a revocation)."""
@@ -108,7 +109,7 @@ class Requester:
             out.append({"request": path.removeprefix("consents/"), "owner": record["owner"],
                         "status": record["status"], "purpose": record.get("purpose"),
                         "delegations": [str(parse_token(d).cid) for d in record["delegations"]],
-                        "scopes": [_dlg_scope(parse_token(d)) for d in record["delegations"]],
+                        "scopes": [scope_of(parse_token(d)) for d in record["delegations"]],
                         "revoked": record["revoked"], "reason": record.get("reason")})
         return out
 
@@ -131,18 +132,26 @@ class Requester:
     def find_delegation(self, owner: str, cmd: str, path: str) -> Delegation | None:
         """A held, unrevoked, unexpired delegation from `owner` whose scope covers `cmd` on `path`."""
         now = self.clock()
-        for p, _ in self.store.list("consents/", space="node"):
-            record = self.store.get(p, space="node").value
-            if record["owner"] != owner:
+        for dlg, scope in self._held().get(owner, ()):
+            if dlg.exp <= now or dlg.cmd != cmd:
                 continue
-            for raw in record["delegations"]:
-                dlg = parse_token(raw)
-                if str(dlg.cid) in record["revoked"] or dlg.exp <= now or dlg.cmd != cmd:
-                    continue
-                scope = _dlg_scope(dlg)
-                if path == scope["path"] or (scope["path"].endswith("/") and path.startswith(scope["path"])):
-                    return dlg
+            if path == scope["path"] or (scope["path"].endswith("/") and path.startswith(scope["path"])):
+                return dlg
         return None
+
+    def _held(self) -> dict[str, list[tuple[Delegation, dict]]]:
+        """Unrevoked delegations by owner, parsed once and kept until this requester writes its consents again
+        (only this process writes them), so an invoke costs no store scan."""
+        if self._held_cache is None:
+            held: dict[str, list[tuple[Delegation, dict]]] = {}
+            for p, _ in self.store.list("consents/", space="node"):
+                record = self.store.get(p, space="node").value
+                for raw in record["delegations"]:
+                    dlg = parse_token(raw)
+                    if str(dlg.cid) not in record["revoked"]:
+                        held.setdefault(record["owner"], []).append((dlg, scope_of(dlg)))
+            self._held_cache = held
+        return self._held_cache
 
     # ---------------------------------------------------------------- notifications (owner -> requester)
 
@@ -208,7 +217,7 @@ class Requester:
         self._changed()
         return {"request": str(cid), "status": status, "owner": owner,
                 "delegations": [str(parse_token(d).cid) for d in record["delegations"]],
-                "scopes": [_dlg_scope(parse_token(d)) for d in record["delegations"]],
+                "scopes": [scope_of(parse_token(d)) for d in record["delegations"]],
                 "revoked": record["revoked"], "reason": record.get("reason")}
 
     async def _mark_revoked(self, owner: str, cids: list[str]) -> None:
@@ -222,6 +231,7 @@ class Requester:
             revoked = sorted(set(record["revoked"]) | mine)
             status = "revoked" if set(revoked) >= held else record["status"]
             self.store.put(path, record | {"revoked": revoked, "status": status}, space="node")
+            self._held_cache = None
             touched.extend(mine)
         if touched:
             self._changed()
@@ -282,6 +292,7 @@ class Requester:
 
     def _save(self, cid: CID, record: dict) -> None:
         self.store.put(f"consents/{cid}", record, space="node")
+        self._held_cache = None
 
 
 def _parse_cid(text: str) -> CID:
@@ -296,8 +307,3 @@ def _field_cid(body: dict, name: str) -> CID:
     if not isinstance(value, CID):
         raise ProtocolError(ErrorCode.MALFORMED, f"'{name}' must be a CID link")
     return value
-
-
-def _dlg_scope(dlg: Delegation) -> dict[str, Any]:
-    op, _selector, value = dlg.pol[0]
-    return {"cmd": dlg.cmd, "path": value[:-1] if op == "like" else value}
