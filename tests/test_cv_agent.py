@@ -228,3 +228,39 @@ def test_mydata_get_verifies_certificates(tmp_path):
     mydata("put", "cv/basics", stdin='{"name": "Ada"}')
     r = mydata("get", "cv/basics", "--json")
     assert "certificate" not in json.loads(r.stdout) and r.stderr == ""
+
+
+# ---------------------------------------------------------------- the running agent sweeps on its own
+
+
+async def test_running_agent_sweeps_out_data_past_retention(tmp_path):
+    import trio
+
+    from cv_agent.agent import run_agent
+    from node.config import Config
+    from node.home import Home
+    from node.vault import Vault
+
+    home = Home.resolve(tmp_path / "agent")
+    home.create()
+    vault, identity = Vault.create("pw", profile="interactive")
+    vault.save(home.vault_path)
+    clock = Clock()
+    async with trio.open_nursery() as nursery:
+        async def start(task_status):
+            await run_agent(home, identity, Config(), listen=["/ip4/127.0.0.1/tcp/0"], api_port=0, provides=(),
+                            handle_signals=False, clock=clock, sweep_seconds=0.05,
+                            on_ready=lambda node, url: task_status.started(node))
+
+        with trio.fail_after(30):
+            node = await nursery.start(start)
+        holdings = Holdings(node.store, clock)
+        holdings.keep(PERSON, records_of(SAMPLE), grant(days=1))
+        await trio.sleep(0.2)
+        assert holdings.copy(PERSON)  # not due yet: the sweep runs but keeps it
+        clock.now += DAY
+        with trio.fail_after(30):
+            while holdings.candidates()[0]["held"] is not None:
+                await trio.sleep(0.05)
+        assert holdings.candidates()[0]["deleted"]["reason"].startswith("retention period ended")
+        nursery.cancel_scope.cancel()
