@@ -238,18 +238,7 @@ def request(home_dir, passphrase_file, as_json, target, purpose, days, retention
 
 
 def _send_request(client: ApiClient, link, scopes, purpose, description, days, retention_days) -> dict:
-    if retention_days == 30:
-        return client.remote_request(link, scopes, purpose, description, days)
-    # The control API does not take a retention period yet (node/api.py); a node that does will accept this.
-    body = {"link": link, "scopes": scopes, "purpose": purpose, "description": description, "days": days,
-            "retention_days": retention_days}
-    try:
-        return client._call("POST", "/v1/remote/request", body=body)
-    except ProtocolError as err:
-        if err.code is ErrorCode.MALFORMED and "retention_days" in err.message:
-            raise AgentError("this node's control API cannot set a retention period yet; "
-                             "use the default --retention-days 30") from None
-        raise
+    return client.remote_request(link, scopes, purpose, description, days, retention_days)
 
 
 def _wait(client: ApiClient, link: str, result: dict, timeout: int, live: bool) -> dict:

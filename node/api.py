@@ -76,7 +76,7 @@ class NodeControl(Protocol):
     async def find(self, peer: str) -> dict: ...   # a DID or PeerID -> {"did", "peer_id", "addrs"} from the DHT   # providers of /mydata/service/<kind>: peer_id, did, addrs
     async def share(self) -> dict: ...
     async def remote_request(
-        self, link: str, scopes: list[dict], purpose: str, description: str, days: int
+        self, link: str, scopes: list[dict], purpose: str, description: str, days: int, retention_days: int = 30
     ) -> dict: ...
     async def remote_status(self, link: str, request_id: str) -> dict: ...
     async def remote_invoke(self, link: str, cmd: str, args: dict) -> dict: ...
@@ -142,6 +142,7 @@ class RemoteRequestBody(_Body):
     purpose: str
     description: str = ""
     days: int
+    retention_days: int = 30
 
 
 class RemoteStatusBody(_Body):
@@ -263,7 +264,8 @@ def create_app(node: NodeControl, token: str) -> "TokenGuard":
     @app.post("/v1/remote/request", tags=["remote"])
     async def remote_request(body: RemoteRequestBody) -> JSONResponse:
         scopes = [s.model_dump() for s in body.scopes]
-        return _ok(await node.remote_request(body.link, scopes, body.purpose, body.description, body.days))
+        return _ok(await node.remote_request(body.link, scopes, body.purpose, body.description, body.days,
+                                             body.retention_days))
 
     @app.post("/v1/remote/status", tags=["remote"])
     async def remote_status(body: RemoteStatusBody) -> JSONResponse:

@@ -150,9 +150,11 @@ class ApiClient:
     # -- acting as a requester towards another node
 
     def remote_request(
-        self, link: str, scopes: list[dict], purpose: str, description: str = "", days: int = 30
+        self, link: str, scopes: list[dict], purpose: str, description: str = "", days: int = 30,
+        retention_days: int = 30,
     ) -> dict:
-        body = {"link": link, "scopes": scopes, "purpose": purpose, "description": description, "days": days}
+        body = {"link": link, "scopes": scopes, "purpose": purpose, "description": description, "days": days,
+                "retention_days": retention_days}
         return self._call("POST", "/v1/remote/request", body=body)
 
     def remote_status(self, link: str, request_id: str) -> dict:

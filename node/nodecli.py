@@ -500,7 +500,7 @@ def remote_request(home_dir, as_json, link, scopes, purpose, description, days, 
         raise UserError(exc.message) from None
     with running_node(home_dir) as client:
         result = client.remote_request(link, [{"cmd": s.cmd, "path": s.path} for s in chosen], purpose,
-                                       description, days)
+                                       description, days, retention_days)
     _emit(as_json, result, _print_consent)
 
 

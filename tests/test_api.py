@@ -100,8 +100,8 @@ class FakeNode:
         self.calls.append(("services", kind))
         return [{"peer_id": "12D3KooWsvc", "did": "did:key:z6Mksvc", "addrs": ["/ip4/127.0.0.1/tcp/4002"]}]
 
-    async def remote_request(self, link, scopes, purpose, description, days):
-        self.calls.append(("remote_request", link, scopes, purpose, description, days))
+    async def remote_request(self, link, scopes, purpose, description, days, retention_days=30):
+        self.calls.append(("remote_request", link, scopes, purpose, description, days, retention_days))
         return {"request": "bafyreq", "status": "pending"}
 
     async def remote_status(self, link, request_id):
@@ -214,7 +214,7 @@ async def test_consent_audit_network_and_remote_through_the_client(client, node)
         ("revoke", "bafydel", None),
         ("revoke", None, "did:key:z6Mkreq"),
         ("audit", 5, 10),
-        ("remote_request", link, scopes, "hiring", "a CV check", 30),
+        ("remote_request", link, scopes, "hiring", "a CV check", 30, 30),
         ("remote_status", link, "bafyreq"),
         ("remote_invoke", link, "/pds/read", {"path": "cv/basics"}),
     ]

@@ -110,10 +110,11 @@ def test_consent_flow_between_processes(nodes, tmp_path):
     h_owner, h_service = ["--home", str(owner.home)], ["--home", str(service.home)]
 
     asked = mydata_json("remote", "request", *h_service, owner.link, "--scope", "read:cv/", "--scope",
-                        "write:cv/certificates/", "--purpose", "Job matching", "--days", "30")
+                        "write:cv/certificates/", "--purpose", "Job matching", "--days", "30", "--retention-days", "90")
     assert asked["status"] == "pending"
     (pending,) = mydata_json("requests", *h_owner)
     assert pending["id"] == asked["request"] and pending["purpose"] == "Job matching"
+    assert pending["retention_days"] == 90  # travels CLI -> control API -> signed request -> owner
     assert {"cmd": "/pds/write", "path": "cv/certificates/"} in pending["scopes"]
 
     # The requester goes offline; the owner approves through the CLI; the answer waits in the outbox.
