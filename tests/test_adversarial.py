@@ -47,7 +47,7 @@ from node.runtime import Node, run_node
 from node.vault import Vault
 from protocol.cid import CID
 from protocol.framing import encode_frame
-from protocol.ids import peer_id_from_public_key
+from protocol.ids import peer_id_from_did, peer_id_from_public_key
 from protocol.links import Link
 from protocol.messages import encode_request
 
@@ -629,3 +629,75 @@ async def test_far_future_invocations_do_not_pin_the_replay_memory(tmp_path):
         assert codes == ["InvalidClaim"] * 5
         longest = max(exp for _, exp in a.owner.owner.replay.entries())
         assert longest <= now() + 600 + 60, "a refused invocation holds replay memory beyond the lifetime bound"
+
+
+# ---------------------------------------------------------------- the node as its own `mydata run` process
+
+
+@pytest.mark.slow
+async def test_node_process_stays_responsive_under_combined_attack(tmp_path):
+    """The figures that matter for "stays responsive": the node in its own process (not sharing the test's CPU
+    loop), an honest requester reading while one hostile peer floods streams, garbage and connections."""
+    from test_e2e_processes import Node as ProcessNode
+    from test_e2e_processes import mydata, mydata_json
+
+    from node.crypto import random_key
+    from node.handlers import Handlers
+    from node.net import make_host, running_host, serve as serve_protocol
+    from node.requester import Requester
+    from node.store import Store
+    from protocol.links import parse_link
+
+    node = ProcessNode(tmp_path / "owner").init()
+    mydata("put", "--home", str(node.home), "cv/basics", stdin='{"name": "Ada Lovelace"}')
+    store = Store.open(tmp_path / "honest.db", random_key())
+    try:
+        node.start()
+        link = parse_link(node.link)
+        async with running_host(make_host(seed_of("honest-process"))) as host, AsyncExitStack() as stack:
+            requester = Requester(host=host, signing_key=SigningKey(seed_of("honest-process")), store=store)
+            serve_protocol(host, NOTIFY_PROTOCOL, Handlers(None, requester).notify)
+            asked = await requester.request(link, [READ_CV], "Responsiveness")
+            await trio.to_thread.run_sync(lambda: mydata("approve", "--home", str(node.home), asked["request"]))
+            assert (await requester.status(link, asked["request"]))["status"] == "granted"
+
+            async def read():
+                assert (await requester.invoke(link, "/pds/read", {"path": "cv/basics"}))["version"] == 1
+
+            target = f"{link.addrs[0]}/p2p/{ID.from_base58(peer_id_from_did(link.did))}"
+            attacker = await Hostile("process-attacker").start(stack, target)
+            owner_peer = ID.from_base58(peer_id_from_did(link.did))
+            rnd = random.Random(3)
+
+            async def attack():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(attacker.stream_flood, owner_peer, PDS_PROTOCOL, 300,
+                                       request_frame("invoke", 1, invocation=garbage(200, rnd), proofs=[]))
+                    nursery.start_soon(connection_flood, target, "process-connections", 40)
+                    for _ in range(30):
+                        await attacker.send_raw(owner_peer, CONSENT_PROTOCOL, garbage(100, rnd), end=True)
+
+            before, during = Latency(), Latency()
+            await before.run(read, count=BASELINE_READS)
+            done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: during.run(read, until=done))
+                try:
+                    with trio.fail_after(120):
+                        await attack()
+                finally:
+                    done.set()
+            assert before.failures == [] and during.failures == []
+            report("node process: 300 streams + 40 connections + 30 garbage streams", before, during)
+            await requester.aclose()
+        entries = await trio.to_thread.run_sync(lambda: mydata_json("audit", "--home", str(node.home)))
+        refused = [e for e in entries if e["kind"] == "invocation.refused"]
+        assert len(refused) == 300 and {e["fields"]["code"] for e in refused} == {"Malformed"}
+        accepted = [e for e in entries if e["kind"] == "invocation.accepted"]
+        assert len(accepted) == len(before.samples) + len(during.samples)
+        assert mydata("audit", "--home", str(node.home), "--verify").returncode == 0
+        assert mydata_json("get", "--home", str(node.home), "cv/basics")["version"] == 1
+        assert node.stop() == 0
+    finally:
+        node.kill()
+        store.close()
