@@ -217,6 +217,7 @@ class World:
         self.request_cid = request.cid
         # An unlimited bucket: the limiter is not what these fuzzers are about.
         self.handlers = Handlers(self.owner, self.requester, RateLimiter(rate=1e9, burst=1e9))
+        self.checks = 0
 
     def call(self, handler, op: str, body: dict, remote: str):
         ctx = RequestContext(None, remote, "fuzz")
@@ -232,11 +233,14 @@ class World:
 def world(tmp_path_factory):
     w = World(tmp_path_factory.mktemp("fuzz"))
     yield w
+    assert w.audit.verify().ok
     w.close()
 
 
 def check_consistent(w: World, data_before: dict, audit_before: int, result, *, invocations: int) -> None:
-    assert w.audit.verify().ok
+    w.checks += 1
+    if w.checks % 50 == 0:  # the whole chain; every example would make long runs quadratic
+        assert w.audit.verify().ok
     assert w.audit.count() == audit_before + invocations  # every invocation is audited, accepted or refused
     if isinstance(result, ProtocolError):
         assert dict(w.store.list("")) == data_before  # a refusal changes nothing
@@ -315,7 +319,7 @@ def test_consent_handler_on_signed_requests_with_fuzzed_fields(world, scopes, pu
         status = w.call(w.handlers.consent, "status", {"request": request.cid}, remote)
         assert status["status"] in ("pending", "expired")
         w.owner.deny(str(request.cid), "fuzz")  # keep the inbox under its per-requester cap
-    assert dict(w.store.list("")) == data and w.audit.verify().ok
+    assert dict(w.store.list("")) == data
 
 
 @FUZZ
