@@ -89,9 +89,33 @@ def open_envelope(raw: bytes, tags: Callable[[str], bool], *, max_size: int = MA
 
 
 def seal_envelope(signing_key: nacl.signing.SigningKey, tag: str, payload: dict) -> bytes:
-    sig_payload = {"h": VARSIG_ED25519, tag: payload}
-    signature = signing_key.sign(dagcbor.encode(sig_payload)).signature
-    return dagcbor.encode([signature, sig_payload])
+    """Sign and frame any payload, with no size limit (tests use it to build tokens parsing must refuse)."""
+    return _seal(signing_key, tag, payload, max_size=None).raw
+
+
+def _seal(signing_key: nacl.signing.SigningKey, tag: str, payload: dict, *,
+          max_size: int | None = MAX_TOKEN_BYTES) -> Opened:
+    """Sign and frame a payload; the Opened it returns is what open_envelope would make of the bytes.
+
+    The envelope is the two-element array head, the signature as CBOR bytes, then the sigPayload bytes that were
+    signed, so nothing is encoded twice. The payload is a fresh copy decoded from those bytes, so a token never
+    shares (mutable) maps with its caller.
+    """
+    sig_payload_bytes = dagcbor.encode({"h": VARSIG_ED25519, tag: payload})
+    signature = signing_key.sign(sig_payload_bytes).signature
+    raw = b"\x82" + _bytes_head(len(signature)) + signature + sig_payload_bytes
+    if max_size is not None and len(raw) > max_size:  # never sign a token that open_envelope would refuse
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"the token would be {len(raw)} bytes, over {max_size}")
+    fresh = dagcbor.decode_trusted(sig_payload_bytes)[tag]
+    return Opened(raw, signature, tag, fresh, sig_payload_bytes)
+
+
+def _bytes_head(n: int) -> bytes:
+    """The CBOR head of a byte string of length n (major type 2), shortest form."""
+    if n < 24:
+        return bytes([0x40 | n])
+    size = _cbor_head_len(n) - 1
+    return bytes([0x40 | {1: 24, 2: 25, 4: 26, 8: 27}[size]]) + n.to_bytes(size, "big")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -302,7 +326,13 @@ def verify_signature(token: Token) -> None:
 
 
 def _did_of(signing_key: nacl.signing.SigningKey) -> str:
-    return did_from_public_key(bytes(signing_key.verify_key))
+    return _did_of_key(bytes(signing_key.verify_key))
+
+
+@functools.lru_cache(maxsize=256)
+def _did_of_key(public_key: bytes) -> str:
+    # A signer signs many tokens; its DID (a base58 encoding) need not be recomputed for each.
+    return did_from_public_key(public_key)
 
 
 def _fresh_nonce() -> bytes:
@@ -320,9 +350,7 @@ def sign_delegation(signing_key: nacl.signing.SigningKey, *, aud: str, sub: str 
         payload["nbf"] = nbf
     if meta is not None:
         payload["meta"] = meta
-    token = parse_token(seal_envelope(signing_key, DLG_TAG, payload))
-    assert isinstance(token, Delegation)
-    return token
+    return _read_delegation(_seal(signing_key, DLG_TAG, payload))
 
 
 def sign_invocation(signing_key: nacl.signing.SigningKey, *, sub: str, cmd: str, args: dict, prf: list[CID],
@@ -335,6 +363,4 @@ def sign_invocation(signing_key: nacl.signing.SigningKey, *, sub: str, cmd: str,
     for name, value in (("aud", aud), ("iat", iat), ("meta", meta), ("cause", cause)):
         if value is not None:
             payload[name] = value
-    token = parse_token(seal_envelope(signing_key, INV_TAG, payload))
-    assert isinstance(token, Invocation)
-    return token
+    return _read_invocation(_seal(signing_key, INV_TAG, payload))

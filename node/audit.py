@@ -12,6 +12,7 @@ from os import PathLike
 
 from node.crypto import KEY_SIZE, IntegrityError, derive_key, keyed_hash, seal, unseal
 from protocol import dagcbor
+from protocol.errors import ErrorCode, ProtocolError
 
 # Entries hold raw invocation bytes, so they may exceed the wire's 1 MiB frame limit; we sealed them ourselves.
 _MAX_ENTRY = 16 << 20
@@ -98,8 +99,14 @@ class AuditLog:
 
     # -- writing
 
-    def append(self, kind: str, fields: dict, *, at: int) -> AuditEntry:
-        """Seal, chain and commit one entry; it is on disk when this returns."""
+    def append(self, kind: str, fields: dict, *, at: int, durable: bool = True) -> AuditEntry:
+        """Seal, chain and commit one entry.
+
+        durable=True: fsynced when this returns. durable=False (for records of reads and refusals, which change
+        no data): the entry is in the WAL when this returns, so it survives a crash or SIGKILL of this process,
+        and reaches the platter with the next durable commit or checkpoint; only a power cut before then can
+        lose it. A disk that refuses the write is ProtocolError(Unavailable), with nothing half-written.
+        """
         if not isinstance(kind, str) or not kind:
             raise ValueError("audit kind must be a non-empty string")
         if not isinstance(fields, dict):
@@ -108,28 +115,39 @@ class AuditLog:
             raise ValueError("audit time must be a non-negative int")
         plaintext = dagcbor.encode({"at": at, "kind": kind, "fields": fields})
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                last_seq, last_hash = self._head()
-                row = self._conn.execute(
-                    "SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                newest = (row[0], bytes(row[1])) if row else (0, _GENESIS)
-                if newest != (last_seq, last_hash):
-                    raise IntegrityError("the audit log's newest entry does not match its head; run verify")
-                seq = last_seq + 1
-                blob = seal(self._seal_key, plaintext, _ENTRY_AD + _seq_bytes(seq))
-                entry_hash = self._link(last_hash, seq, blob)
-                self._conn.execute(
-                    "INSERT INTO audit_entries (seq, blob, hash) VALUES (?, ?, ?)", (seq, blob, entry_hash)
-                )
-                head = seal(self._seal_key, _seq_bytes(seq) + entry_hash, _HEAD_AD)
-                self._conn.execute("INSERT OR REPLACE INTO audit_head (id, blob) VALUES (1, ?)", (head,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    seq, entry_hash = self._append_locked(plaintext)
+                finally:
+                    if not durable:
+                        self._conn.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                raise ProtocolError(ErrorCode.UNAVAILABLE, f"the audit log cannot be written: {exc}") from None
         return AuditEntry(seq, at, kind, fields, entry_hash)
+
+    def _append_locked(self, plaintext: bytes) -> tuple[int, bytes]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            last_seq, last_hash = self._head()
+            row = self._conn.execute("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
+            newest = (row[0], bytes(row[1])) if row else (0, _GENESIS)
+            if newest != (last_seq, last_hash):
+                raise IntegrityError("the audit log's newest entry does not match its head; run verify")
+            seq = last_seq + 1
+            blob = seal(self._seal_key, plaintext, _ENTRY_AD + _seq_bytes(seq))
+            entry_hash = self._link(last_hash, seq, blob)
+            self._conn.execute("INSERT INTO audit_entries (seq, blob, hash) VALUES (?, ?, ?)", (seq, blob, entry_hash))
+            head = seal(self._seal_key, _seq_bytes(seq) + entry_hash, _HEAD_AD)
+            self._conn.execute("INSERT OR REPLACE INTO audit_head (id, blob) VALUES (1, ?)", (head,))
+            self._conn.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (a full disk) has already rolled back; rolling back again would hide the real error.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+        return seq, entry_hash
 
     # -- reading
 

@@ -6,6 +6,8 @@ Subkeys are derived per purpose from the one store key, so a leak of one use nev
 
 from __future__ import annotations
 
+import hashlib
+
 import nacl.bindings as sodium
 import nacl.encoding
 import nacl.exceptions
@@ -40,7 +42,8 @@ def derive_key(master: bytes, purpose: str) -> bytes:
 
 
 def keyed_hash(key: bytes, data: bytes) -> bytes:
-    return nacl.hash.blake2b(data, digest_size=32, key=key, encoder=nacl.encoding.RawEncoder)
+    """BLAKE2b-256 keyed with `key` (libsodium's generichash); hashlib's is several times cheaper per call."""
+    return hashlib.blake2b(data, key=key, digest_size=32).digest()
 
 
 def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:

@@ -45,7 +45,9 @@ NOTIFY_BACKOFF_FIRST = 2
 NOTIFY_BACKOFF_MAX = 300
 
 # Invocations may live at most 600 s (+60 s skew); audit entries older than this cannot name a live one.
-INVOCATION_HORIZON = 660 + 60
+MAX_INVOCATION_LIFETIME = 600
+CLOCK_SKEW = 60
+INVOCATION_HORIZON = MAX_INVOCATION_LIFETIME + CLOCK_SKEW + 60
 REPLAY_PAGE = 512
 PROOF_CACHE_SIZE = 1024
 
@@ -263,6 +265,11 @@ class Owner:
             # cannot poison it; validate_invocation then finds the CID cached and does not verify twice.
             verify_signature(invocation)
             self.verified.add(invocation.cid)
+            # The lifetime bound is what bounds the replay memory (PROTOCOL.md §4): check it before remembering,
+            # or anyone could pin entries for years with far-future (or absent) expiry times.
+            if not _lifetime_ok(invocation.exp, now):
+                raise ProtocolError(ErrorCode.INVALID_CLAIM,
+                                    f"an invocation must expire within {MAX_INVOCATION_LIFETIME} s")
             self.replay.check_and_remember(invocation.cid, invocation.exp, now)
             if invocation.sub != self.did:
                 # A chain can be internally valid yet speak for another subject, e.g. one self-signed by the
@@ -472,8 +479,8 @@ class Owner:
     def _exists(self, path: str) -> bool:
         return self._get(path) is not None
 
-    def _audit(self, kind: str, **fields) -> None:
-        self.audit.append(kind, fields, at=self.clock())
+    def _audit(self, kind: str, *, durable: bool = True, **fields) -> None:
+        self.audit.append(kind, fields, at=self.clock(), durable=durable)
 
     def _audit_invocation(self, kind, invocation, raw, remote_did, code) -> None:
         fields: dict[str, Any] = {"requester": remote_did, "invocation": raw}
@@ -483,7 +490,10 @@ class Owner:
                 fields["path"] = invocation.args["path"]
         if code is not None:
             fields["code"] = code
-        self._audit(kind, **fields)
+        # Records of changes are fsynced; records of reads and refusals survive a crash of this process and reach
+        # the disk with the next durable commit (node/audit.py), which keeps an fsync off every read.
+        changed = code is None and invocation is not None and invocation.cmd in ("/pds/write", "/pds/delete")
+        self._audit(kind, durable=changed, **fields)
 
     def _recent_invocations(self) -> list[tuple[CID, int]]:
         """Invocations seen before a restart stay refused until their exp: the audit log is the replay memory.
@@ -499,12 +509,17 @@ class Owner:
             page = self.audit.entries(since_seq=start, limit=end - start)
             for entry in page:
                 cid, exp = entry.fields.get("cid"), entry.fields.get("exp")
-                if entry.kind.startswith("invocation.") and cid and isinstance(exp, int) and exp > horizon:
+                if (entry.kind.startswith("invocation.") and cid and isinstance(exp, int) and exp > horizon
+                        and _lifetime_ok(exp, entry.at)):
                     found.append((CID.parse(cid), exp))
             if not page or page[0].at < horizon:
                 break
             end = start
         return found
+
+
+def _lifetime_ok(exp: int | None, now: int) -> bool:
+    return isinstance(exp, int) and exp <= now + MAX_INVOCATION_LIFETIME + CLOCK_SKEW
 
 
 def _scope_json(scope: Scope) -> dict:

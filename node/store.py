@@ -20,18 +20,14 @@ Durability: WAL with synchronous=FULL and one transaction per write, so a write 
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cbor2
-
-from node.crypto import IntegrityError, derive_key, seal, unseal
+from node.crypto import IntegrityError, derive_key, keyed_hash, seal, unseal
 from protocol import dagcbor
-from protocol.cid import CID
 from protocol.errors import ErrorCode, ProtocolError
 from protocol.paths import validate_path, validate_prefix
 
@@ -92,22 +88,7 @@ def decode_value(data: bytes) -> Any:
     The strict decoder's canonical re-encode check is skipped: the bytes were produced by `encode_value` and
     cannot have changed since (the AEAD tag proves it), and the check would double the cost of every read.
     """
-    try:
-        return cbor2.loads(data, semantic_decoders=_LINK_DECODER)
-    except Exception as exc:
-        raise ProtocolError(ErrorCode.MALFORMED, f"stored value does not decode: {exc}") from None
-
-
-def _decode_link(value, immutable=False):
-    return CID.from_bytes(value[1:])
-
-
-_LINK_DECODER = {42: _decode_link}
-
-
-def _keyed_hash(key: bytes, data: bytes) -> bytes:
-    # BLAKE2b-256 keyed, the same function as node.crypto.keyed_hash; hashlib's is several times cheaper per call.
-    return hashlib.blake2b(data, key=key, digest_size=32).digest()
+    return dagcbor.decode_trusted(data)
 
 
 def _check_space(space: str) -> bytes:
@@ -272,14 +253,14 @@ class Store:
     # -- internals --------------------------------------------------------------------------------------------
 
     def _hkey(self, sp: bytes, path: str) -> bytes:
-        return _keyed_hash(self._index_key, sp + b"\x00" + path.encode())
+        return keyed_hash(self._index_key, sp + b"\x00" + path.encode())
 
     @staticmethod
     def _ad(sp: bytes, hkey: bytes, version: int, part: bytes) -> bytes:
         return b"mydata-record/1\x00" + sp + b"\x00" + hkey + version.to_bytes(8, "big") + part
 
     def _mark(self, sp: bytes, hkey: bytes, version: int) -> bytes:
-        return _keyed_hash(self._acc_key, sp + b"\x00" + hkey + version.to_bytes(8, "big"))
+        return keyed_hash(self._acc_key, sp + b"\x00" + hkey + version.to_bytes(8, "big"))
 
     def _unseal(self, blob: bytes, ad: bytes, path: str | None) -> bytes:
         try:

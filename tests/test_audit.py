@@ -310,20 +310,22 @@ _WRITER = textwrap.dedent(
     import sys
     from node.audit import AuditLog
     log = AuditLog.open(sys.argv[1], bytes.fromhex(sys.argv[2]))
+    durable = sys.argv[3] == "durable"
     i = 0
     while True:
         i += 1
-        e = log.append("owner.write", {"i": i, "pad": b"x" * (i % 300)}, at=i)
+        e = log.append("owner.write", {"i": i, "pad": b"x" * (i % 300)}, at=i, durable=durable)
         print(e.seq, e.entry_hash.hex(), flush=True)
     """
 )
 
 
 @pytest.mark.slow
-def test_sigkill_while_appending_loses_no_acknowledged_entry(db, key):
+@pytest.mark.parametrize("mode", ["durable", "process-crash-safe"])  # fsynced, or WAL-only (reads, refusals)
+def test_sigkill_while_appending_loses_no_acknowledged_entry(db, key, mode):
     stop_after = random.randint(20, 300)
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(db), key.hex()],
+        [sys.executable, "-c", _WRITER, str(db), key.hex(), mode],
         stdout=subprocess.PIPE,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},

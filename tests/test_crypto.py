@@ -32,3 +32,14 @@ def test_subkeys_differ_by_purpose():
     master = random_key()
     assert derive_key(master, "records") != derive_key(master, "paths")
     assert derive_key(master, "records") == derive_key(master, "records")
+
+
+def test_keyed_hash_is_libsodiums_keyed_blake2b():
+    import nacl.encoding
+    import nacl.hash
+
+    from node.crypto import keyed_hash
+
+    key = random_key()
+    for data in (b"", b"data\x00cv/basics", bytes(range(256)) * 9):
+        assert keyed_hash(key, data) == nacl.hash.blake2b(data, digest_size=32, key=key, encoder=nacl.encoding.RawEncoder)

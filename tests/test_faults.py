@@ -366,8 +366,6 @@ async def test_full_disk_with_the_node_stopped_cli_write_fails_in_one_sentence(s
     assert owner.cli("get", "cv/big", check=False).returncode == 1
 
 
-@pytest.mark.xfail(strict=True, reason="node/audit.py AuditLog.append: a full disk escapes as sqlite3.OperationalError "
-                   "(its ROLLBACK after a failed COMMIT raises 'no transaction is active'), so the wire says Internal")
 async def test_full_disk_answers_unavailable_over_the_wire(small_disk, tmp_path):
     owner = NodeProcess(small_disk / "owner", log=tmp_path / "owner.out").init()
     owner.cli("put", "cv/basics", stdin='{"name": "Ada"}')

@@ -357,9 +357,6 @@ def test_notify_handler_on_mutated_owner_messages(world, op, how):
 # ---------------------------------------------------------------- crashes found, as named regressions
 
 
-@pytest.mark.xfail(strict=True, reason="node/owner.py invoke(): exp=null reaches ReplayGuard.check_and_remember "
-                   "(consent/validate.py _remember: None + skew) and raises TypeError instead of InvalidClaim; "
-                   "nothing is audited")
 def test_regression_invocation_with_null_exp(world):
     w = world
     inv = sign_invocation(K.alice, sub=K.owner_did, aud=K.owner_did, cmd="/pds/read", args={"path": "cv/basics"},

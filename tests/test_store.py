@@ -192,14 +192,6 @@ def test_store_matches_a_model(tmp_path_factory, ops):
         assert s.verify() == len(counts)
 
 
-def test_index_hash_is_the_crypto_modules_keyed_hash():
-    from node.crypto import keyed_hash
-    from node.store import _keyed_hash
-
-    k = random_key()
-    assert _keyed_hash(k, b"data\x00cv/basics") == keyed_hash(k, b"data\x00cv/basics")
-
-
 def test_links_and_bytes_round_trip_through_the_store(store):
     from protocol.cid import CID
 

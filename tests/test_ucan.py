@@ -446,3 +446,20 @@ def test_attenuation_a_child_only_narrows_its_parent(parent, child, path, n):
     if accepted:
         assert dlgs[0].policy.matches(args)  # never accepts what the parent alone would refuse
     assert accepted == (dlgs[0].policy.matches(args) and dlgs[1].policy.matches(args))
+
+
+def test_signing_makes_exactly_what_parsing_reads():
+    import nacl.signing
+
+    from consent.envelope import parse_token, sign_invocation
+    from protocol.ids import did_from_public_key
+
+    key = nacl.signing.SigningKey.generate()
+    did = did_from_public_key(bytes(key.verify_key))
+    args = {"path": "cv/x", "v": [1, 2]}
+    inv = sign_invocation(key, sub=did, cmd="/pds/read", args=args, prf=[], exp=2_000_000_000)
+    again = parse_token(inv.raw)
+    assert again == inv and again.args == inv.args and again.cid == inv.cid
+    assert again.sig_payload_bytes == inv.sig_payload_bytes and again.signature == inv.signature
+    args["v"].append(3)
+    assert inv.args["v"] == [1, 2]  # the token does not share the caller's maps
