@@ -173,3 +173,17 @@ def test_devnet_story_passes(tmp_path):
                              str(tmp_path / "devnet")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "steps passed" in result.stdout and "FAILED" not in result.stdout
+
+
+def test_devnet_story_passes_with_each_node_in_its_own_network_namespace(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from netns import NetnsUnavailable, check_available
+
+    try:
+        check_available()
+    except NetnsUnavailable as exc:
+        pytest.skip(str(exc))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "devnet.py"), "--netns", "--nodes", "3", "--dir",
+                             str(tmp_path / "devnet")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "network namespace on 10." in result.stdout and "FAILED" not in result.stdout
