@@ -21,12 +21,14 @@ from cv_agent.holdings import AgentError, Holdings
 from cv_agent.render import render_resume
 from node.apiclient import ApiClient
 from node.cli import ENV_DEBUG, _describe, dump_json, json_option, passphrase_option, read_passphrase
-from node.config import ConfigError, load_config, write_default_config
+from node.config import ConfigError, load_config
 from node.home import Home
+from node.nodecli import announce_ready
 from node.resume import export_resume
+from node.state import create_node
 from node.store import Store
 from node.vault import DEFAULT_PROFILE, KDF_PROFILES, Vault
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.links import parse_link
 
 ENV_HOME = "CV_AGENT_HOME"
@@ -119,13 +121,7 @@ def init(home_dir, passphrase_file, as_json, force, kdf_profile):
     if home.is_initialised() and not force:
         raise AgentError(f"an agent already exists at {home.path}; use --force to replace it (its data will be lost)")
     passphrase = read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
-    vault, identity = Vault.create(passphrase, profile=kdf_profile)
-    home.create()
-    if force:
-        home.remove_node_files()
-    vault.save(home.vault_path)
-    Store.open(home.db_path, identity.store_key).close()
-    write_default_config(home.path)
+    vault = create_node(home, passphrase, profile=kdf_profile, force=force)
     info = {"home": str(home.path), "did": vault.did, "peer_id": vault.peer_id}
     if as_json:
         click.echo(dump_json(info))
@@ -173,16 +169,9 @@ def run(home_dir, passphrase_file, listen, api_port, verbose):
     logging.getLogger().addHandler(file_log)
     logging.getLogger("mydata").setLevel(logging.INFO)
 
-    def ready(node, url: str) -> None:
-        click.echo(f"node running\n  did:     {identity.did}\n  peer id: {identity.peer_id}")
-        for addr in node.listen_addrs():
-            click.echo(f"  listen:  {addr}/p2p/{identity.peer_id}")
-        click.echo(f"  api:     {url}\nPress Ctrl-C to stop.")
-        sys.stdout.flush()
-
     try:
         trio.run(lambda: run_agent(home, identity, config, listen=list(listen) or None, api_port=api_port,
-                                   on_ready=ready))
+                                   on_ready=lambda node, url: announce_ready(identity, node, url)))
     except NodeBusy as exc:
         raise AgentError(str(exc)) from None
     except OSError as exc:

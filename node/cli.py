@@ -20,13 +20,12 @@ import click
 from consent.certificate import check_entry
 from node.apiclient import ApiClient
 from node.audit import AuditLog
-from node.config import write_default_config
 from node.crypto import IntegrityError
 from node.home import Home, HomeError
 from node.resume import ROOT as CV_ROOT
 from node.resume import export_resume, import_resume
 from node.store import MAX_VALUE_SIZE, Store
-from node.state import open_state
+from node.state import create_node, open_state
 from node.vault import DEFAULT_PROFILE, KDF_PROFILES, Vault, VaultError
 from protocol.errors import ErrorCode, ProtocolError
 
@@ -255,13 +254,7 @@ def init(home_dir, passphrase_file, as_json, force, kdf_profile):
     if home.is_initialised() and not force:
         raise UserError(f"a node already exists at {home.path}; use --force to replace it (its data will be lost)")
     passphrase = read_passphrase(passphrase_file, confirm=True, prompt="New passphrase")
-    vault, identity = Vault.create(passphrase, profile=kdf_profile)
-    home.create()
-    if force:
-        home.remove_node_files()
-    vault.save(home.vault_path)
-    Store.open(home.db_path, identity.store_key).close()
-    write_default_config(home.path)
+    vault = create_node(home, passphrase, profile=kdf_profile, force=force)
     if as_json:
         click.echo(dump_json({"home": str(home.path), "did": vault.did, "peer_id": vault.peer_id}))
     else:

@@ -30,7 +30,7 @@ from node.home import Home
 from node.owner import Owner
 from node.vault import Vault
 from node.state import open_state
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.links import Link
 
 LOG_FILE = "node.log"
@@ -167,22 +167,24 @@ def run(home_dir, passphrase_file, listen, api_port, verbose, bootstrap_only):
         raise UserError(str(exc)) from None
     _setup_logging(home, verbose)
 
-    def ready(node, url: str) -> None:
-        link = Link(identity.did, tuple(node.listen_addrs()))
-        click.echo(f"node running\n  did:     {identity.did}\n  peer id: {identity.peer_id}")
-        for addr in node.listen_addrs():
-            click.echo(f"  listen:  {addr}/p2p/{identity.peer_id}")
-        click.echo(f"  api:     {url}\n  link:    {link}\nPress Ctrl-C to stop.")
-        sys.stdout.flush()
-
     try:
         trio.run(lambda: run_node(home, identity, config, listen=list(listen) or None, api_port=api_port,
-                                  on_ready=ready))
+                                  on_ready=lambda node, url: announce_ready(identity, node, url)))
     except NodeBusy as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"the node could not start: {exc.strerror or exc}.") from None
     click.echo("node stopped")
+
+
+def announce_ready(identity, node, url: str) -> None:
+    """The lines a running node prints once it serves; scripts and tests read them (keys before the colon)."""
+    link = Link(identity.did, tuple(node.listen_addrs()))
+    click.echo(f"node running\n  did:     {identity.did}\n  peer id: {identity.peer_id}")
+    for addr in node.listen_addrs():
+        click.echo(f"  listen:  {addr}/p2p/{identity.peer_id}")
+    click.echo(f"  api:     {url}\n  link:    {link}\nPress Ctrl-C to stop.")
+    sys.stdout.flush()
 
 
 BOOTSTRAP_KEY = "bootstrap.key"

@@ -9,7 +9,7 @@ encrypted store, "node" space:
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import nacl.signing
 import trio

@@ -30,7 +30,7 @@ from node.requester import CONSENT_PROTOCOL, NOTIFY_PROTOCOL, PDS_PROTOCOL, Requ
 from node.state import open_state
 from node.store import Store
 from node.vault import Identity
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ProtocolError
 from protocol.ids import did_from_peer_id, peer_id_from_did
 from protocol.links import Link, parse_link
 
