@@ -20,7 +20,7 @@ from cv_agent.agent import READ_SCOPES, WRITE_SCOPES, certify, describe_request,
 from cv_agent.holdings import AgentError, Holdings
 from cv_agent.render import render_resume
 from node.apiclient import ApiClient
-from node.cli import ENV_DEBUG, _describe, dump_json, json_option, passphrase_option, read_passphrase
+from node.cli import MydataGroup, dump_json, json_option, passphrase_option, read_passphrase
 from node.config import ConfigError, load_config
 from node.home import Home
 from node.nodecli import announce_ready
@@ -37,20 +37,9 @@ WAIT_POLL = 2.0
 FINAL = ("granted", "denied", "expired", "revoked")
 
 
-class AgentGroup(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except Exception as exc:
-            if os.environ.get(ENV_DEBUG) == "1":
-                raise
-            sentence = str(exc) if isinstance(exc, AgentError) else _describe(exc)
-            if sentence is None:
-                sentence = f"internal error ({type(exc).__name__}); run again with {ENV_DEBUG}=1 for details"
-            click.echo(f"cv-agent: {sentence}", err=True)
-            ctx.exit(1)
+class AgentGroup(MydataGroup):
+    program = "cv-agent"
+    user_errors = (AgentError,)
 
 
 def home_option(f):

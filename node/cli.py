@@ -57,23 +57,24 @@ def _describe(exc: BaseException) -> str | None:
 
 
 class MydataGroup(click.Group):
+    """Turns every expected failure into one sentence on stderr and exit 1; a bug says so, and --debug (or
+    MYDATA_DEBUG=1) shows its traceback. Other programs built on the node (cv-agent) subclass it."""
+
+    program = "mydata"
+    user_errors: tuple[type[Exception], ...] = ()  # further exception types whose text is the sentence
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:
-            debug = ctx.params.get("debug") or os.environ.get(ENV_DEBUG) == "1"
-            sentence = _describe(exc)
-            if sentence is not None and not debug:
-                click.echo(f"mydata: {sentence}", err=True)
-                ctx.exit(1)
-            if debug:
+            if ctx.params.get("debug") or os.environ.get(ENV_DEBUG) == "1":
                 raise
-            click.echo(
-                f"mydata: internal error ({type(exc).__name__}); run again with --debug or {ENV_DEBUG}=1 for details",
-                err=True,
-            )
+            sentence = str(exc) if isinstance(exc, self.user_errors) else _describe(exc)
+            if sentence is None:
+                sentence = f"internal error ({type(exc).__name__}); run again with {ENV_DEBUG}=1 for details"
+            click.echo(f"{self.program}: {sentence}", err=True)
             ctx.exit(1)
 
 
