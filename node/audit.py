@@ -77,6 +77,10 @@ class AuditLog:
         self._seal_key = derive_key(key, "audit-seal")
         self._chain_key = derive_key(key, "audit-chain")
         self._lock = threading.Lock()
+        self._synchronous = "FULL"  # as open() sets it; switched only when an append needs the other mode
+        # (data_version, seq, hash) as of this connection's last append: while no other connection has committed
+        # since (SQLite's data_version is unchanged), the head need not be read and unsealed again.
+        self._known_head: tuple[int, int, bytes] | None = None
 
     @classmethod
     def open(cls, db_path: str | PathLike, key: bytes) -> "AuditLog":
@@ -116,25 +120,33 @@ class AuditLog:
         plaintext = dagcbor.encode({"at": at, "kind": kind, "fields": fields})
         with self._lock:
             try:
-                if not durable:
-                    self._conn.execute("PRAGMA synchronous=NORMAL")
-                try:
-                    seq, entry_hash = self._append_locked(plaintext)
-                finally:
-                    if not durable:
-                        self._conn.execute("PRAGMA synchronous=FULL")
+                self._set_synchronous("FULL" if durable else "NORMAL")
+                seq, entry_hash = self._append_locked(plaintext)
             except sqlite3.Error as exc:
                 raise ProtocolError(ErrorCode.UNAVAILABLE, f"the audit log cannot be written: {exc}") from None
         return AuditEntry(seq, at, kind, fields, entry_hash)
 
+    def _set_synchronous(self, mode: str) -> None:
+        # Records of reads come in runs: switching per append would cost two statements on every read.
+        if mode != self._synchronous:
+            self._synchronous = None  # unknown until the PRAGMA has run
+            self._conn.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = mode
+
     def _append_locked(self, plaintext: bytes) -> tuple[int, bytes]:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            last_seq, last_hash = self._head()
-            row = self._conn.execute("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
-            newest = (row[0], bytes(row[1])) if row else (0, _GENESIS)
-            if newest != (last_seq, last_hash):
-                raise IntegrityError("the audit log's newest entry does not match its head; run verify")
+            (data_version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            known = self._known_head
+            self._known_head = None
+            if known is not None and known[0] == data_version:
+                last_seq, last_hash = known[1], known[2]
+            else:  # another connection (the store's, another process) committed: read what is on disk
+                last_seq, last_hash = self._head()
+                row = self._conn.execute("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1").fetchone()
+                newest = (row[0], bytes(row[1])) if row else (0, _GENESIS)
+                if newest != (last_seq, last_hash):
+                    raise IntegrityError("the audit log's newest entry does not match its head; run verify")
             seq = last_seq + 1
             blob = seal(self._seal_key, plaintext, _ENTRY_AD + _seq_bytes(seq))
             entry_hash = self._link(last_hash, seq, blob)
@@ -142,6 +154,7 @@ class AuditLog:
             head = seal(self._seal_key, _seq_bytes(seq) + entry_hash, _HEAD_AD)
             self._conn.execute("INSERT OR REPLACE INTO audit_head (id, blob) VALUES (1, ?)", (head,))
             self._conn.execute("COMMIT")
+            self._known_head = (data_version, seq, entry_hash)
         except BaseException:
             # A failed COMMIT (a full disk) has already rolled back; rolling back again would hide the real error.
             if self._conn.in_transaction:

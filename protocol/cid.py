@@ -31,7 +31,7 @@ def _read_varint(b: bytes, pos: int) -> tuple[int, int]:
 class CID:
     """An immutable CIDv1: version, codec (multicodec code) and multihash (code, length, digest)."""
 
-    __slots__ = ("version", "codec", "multihash", "_bytes")
+    __slots__ = ("version", "codec", "multihash", "_bytes", "_text")
 
     version: int
     codec: int
@@ -112,7 +112,13 @@ class CID:
         return self._bytes
 
     def __str__(self) -> str:
-        return "b" + base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+        # Remembered: the text of an invocation's CID goes into every audit record, and base32 is not free.
+        try:
+            return self._text
+        except AttributeError:
+            text = "b" + base64.b32encode(self._bytes).decode("ascii").rstrip("=").lower()
+            object.__setattr__(self, "_text", text)
+            return text
 
     def __repr__(self) -> str:
         return f"CID({str(self)!r})"

@@ -295,6 +295,29 @@ def test_no_plaintext_reaches_the_disk(db, key):
             assert c not in data, (p.name, c)
 
 
+def test_truncation_while_the_log_is_open_is_detected_at_the_next_append(db, key):
+    # The open log remembers its head between appends; another connection's commit must make it look again.
+    log = AuditLog.open(db, key)
+    for i in range(5):
+        log.append("invocation.accepted", {"i": i}, at=i, durable=False)
+    with raw(db) as c:
+        c.execute("DELETE FROM audit_entries WHERE seq >= 4")
+    with pytest.raises(IntegrityError):
+        log.append("owner.write", {}, at=9)
+    log.close()
+    assert report(db, key).first_bad_seq == 4
+
+
+def test_durable_appends_are_fsynced_after_a_run_of_non_durable_ones(db, key):
+    log = AuditLog.open(db, key)
+    full, normal = 2, 1  # PRAGMA synchronous values
+    log.append("invocation.accepted", {}, at=1, durable=False)
+    assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == normal
+    log.append("owner.write", {}, at=2)
+    assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    log.close()
+
+
 def test_two_writers_on_one_file_keep_one_chain(db, key):
     a, b = AuditLog.open(db, key), AuditLog.open(db, key)
     for i in range(20):
