@@ -9,14 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from procs import NodeProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 MYDATA = str(Path(sys.executable).parent / "mydata")
-READY = 60  # deadlines against hangs on a busy machine, never performance claims
 PASS = "e2e passphrase"
 
 pytestmark = pytest.mark.slow
@@ -39,45 +38,20 @@ def mydata_json(*args, stdin=None):
     return json.loads(mydata(*args, "--json", stdin=stdin).stdout)
 
 
-class Node:
+class Node(NodeProcess):
+    """A `mydata run` process (tests/procs.py) whose shutdown is under test: SIGTERM must stop it in time."""
+
     def __init__(self, home: Path) -> None:
-        self.home = home
-        self.proc = None
-        self.info: dict = {}
+        super().__init__(home, passphrase=PASS)
 
-    def init(self) -> "Node":
-        mydata("init", "--home", str(self.home), "--kdf-profile", "interactive")
-        return self
-
-    def start(self, listen="/ip4/127.0.0.1/tcp/0") -> "Node":
-        self.log = open(self.home / "run.out", "w")
-        self.proc = subprocess.Popen([MYDATA, "run", "--home", str(self.home), "--listen", listen],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env())
-        deadline = time.monotonic() + READY
-        while time.monotonic() < deadline:
-            text = (self.home / "run.out").read_text()
-            if "Press Ctrl-C to stop." in text:
-                for line in text.splitlines():
-                    key, _, value = line.strip().partition(":")
-                    self.info.setdefault(key, value.strip())
-                return self
-            assert self.proc.poll() is None, f"node exited at start: {text}"
-            time.sleep(0.1)
-        raise AssertionError(f"node did not start: {(self.home / 'run.out').read_text()}")
-
-    def stop(self) -> int:
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(20)
+            return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("the node did not stop within 20 s of SIGTERM")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.kill()
+            raise AssertionError(f"the node did not stop within {timeout:.0f} s of SIGTERM") from None
 
     @property
     def link(self) -> str:
