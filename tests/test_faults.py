@@ -304,6 +304,14 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.fixture
+def small_disk_owner(small_disk, tmp_path) -> NodeProcess:
+    """A node home on the small disk (its log outside it), holding cv/basics = {"name": "Ada"}."""
+    owner = NodeProcess(small_disk / "owner", log=tmp_path / "owner.out").init()
+    owner.cli("put", "cv/basics", stdin='{"name": "Ada"}')
+    return owner
+
+
 def fill(directory: Path) -> Path:
     """Fill the filesystem holding `directory` until a write fails with ENOSPC."""
     filler = directory / "filler"
@@ -316,9 +324,8 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-async def test_full_disk_on_write_gives_a_clear_error_and_nothing_half_written(small_disk, tmp_path):
-    owner = NodeProcess(small_disk / "owner", log=tmp_path / "owner.out").init()
-    owner.cli("put", "cv/basics", stdin='{"name": "Ada"}')
+async def test_full_disk_on_write_gives_a_clear_error_and_nothing_half_written(small_disk_owner, small_disk, tmp_path):
+    owner = small_disk_owner
     try:
         await trio.to_thread.run_sync(start, owner)
         async with requester_host(tmp_path) as requester:
@@ -355,9 +362,8 @@ async def test_full_disk_on_write_gives_a_clear_error_and_nothing_half_written(s
         owner.kill()
 
 
-async def test_full_disk_with_the_node_stopped_cli_write_fails_in_one_sentence(small_disk, tmp_path):
-    owner = NodeProcess(small_disk / "owner", log=tmp_path / "owner.out").init()
-    owner.cli("put", "cv/basics", stdin='{"name": "Ada"}')
+async def test_full_disk_with_the_node_stopped_cli_write_fails_in_one_sentence(small_disk_owner, small_disk, tmp_path):
+    owner = small_disk_owner
     filler = fill(small_disk)
     r = owner.cli("put", "cv/big", stdin=json.dumps({"text": "y" * 200_000}), check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -366,9 +372,8 @@ async def test_full_disk_with_the_node_stopped_cli_write_fails_in_one_sentence(s
     assert owner.cli("get", "cv/big", check=False).returncode == 1
 
 
-async def test_full_disk_answers_unavailable_over_the_wire(small_disk, tmp_path):
-    owner = NodeProcess(small_disk / "owner", log=tmp_path / "owner.out").init()
-    owner.cli("put", "cv/basics", stdin='{"name": "Ada"}')
+async def test_full_disk_answers_unavailable_over_the_wire(small_disk_owner, small_disk, tmp_path):
+    owner = small_disk_owner
     try:
         await trio.to_thread.run_sync(start, owner)
         async with requester_host(tmp_path) as requester:
